@@ -1,0 +1,249 @@
+"""Checkpoints of every format a user has: read, detect, convert, check, load, save.
+
+Reading (:func:`read_checkpoint`) unwraps the containers in circulation — mmcv/mmcls ``{'meta', 'state_dict'}``,
+timm ``CheckpointSaver`` dicts (``state_dict`` / ``state_dict_ema``), this project's training checkpoints
+(``model`` / ``model_ema``), DDP ``module.`` prefixes, safetensors files — into a flat state dict. Each model
+family then converts its foreign key layouts to the project's layout in its ``checkpoint_filter_fn``, and
+:func:`reconcile` checks the result against the model: anything that does not fit raises a
+:class:`CheckpointError` naming the variant the checkpoint looks like and the first mismatching keys, so
+nothing is half-loaded silently.
+"""
+import argparse
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'reconcile', 'load_checkpoint',
+           'register_checkpoint_family', 'identify', 'atomic_save', 'save_safetensors']
+
+StateDict = Dict[str, torch.Tensor]
+_MAX_LISTED = 8
+
+
+@dataclass(frozen=True)
+class CheckpointFamily:
+    """How one model family reads foreign checkpoints.
+
+    Attributes:
+        model_cls: the family's model class.
+        filter_fn: ``(state_dict, model) -> state_dict`` in the model's layout, checked with :func:`reconcile`
+            (also timm's ``pretrained_filter_fn``).
+        to_project_layout: ``state_dict -> (state_dict, set_aside_keys)``, or None if not this family.
+        model_args: ``project_state_dict -> (model_name, kwargs)`` of the model that fits it exactly.
+    """
+    model_cls: type
+    filter_fn: Callable[[StateDict, nn.Module], StateDict]
+    to_project_layout: Callable[[StateDict], Optional[Tuple[StateDict, List[str]]]]
+    model_args: Callable[[StateDict], Tuple[str, Dict[str, Any]]]
+
+
+_FAMILIES: List[CheckpointFamily] = []
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+def register_checkpoint_family(model_cls: type, filter_fn, to_project_layout, model_args) -> None:
+    """Make :func:`load_checkpoint` and :func:`identify` know a model family."""
+    _FAMILIES.append(CheckpointFamily(model_cls, filter_fn, to_project_layout, model_args))
+
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    try:
+        if weights_only:
+            # timm CheckpointSaver files keep the training arguments as an argparse.Namespace.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f'{path}: holds Python objects that are not loaded without trusting the file ({e}). If you trust it, '
+            f'load it with weights_only=False.') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}') from e
+
+
+def unwrap_state_dict(obj: Mapping, use_ema: bool = False) -> StateDict:
+    """Find the state dict inside a checkpoint container and strip DDP's ``module.`` prefix.
+
+    Args:
+        obj: a loaded checkpoint.
+        use_ema: take the EMA weights (``state_dict_ema`` / ``model_ema``); an error if there are none.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'a checkpoint must be a dict of tensors or a dict holding one, got {type(obj).__name__}')
+    if use_ema:
+        for key in ('state_dict_ema', 'model_ema', 'ema'):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        else:
+            raise CheckpointError(f'use_ema=True, but the checkpoint holds no EMA weights (top-level keys: '
+                                  f'{sorted(obj)[:_MAX_LISTED]})')
+    else:
+        for key in ('state_dict', 'model', 'module'):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f'no tensors found in the checkpoint (top-level keys: {sorted(obj)[:_MAX_LISTED]})')
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_checkpoint(
+        src: Union[str, os.PathLike, Mapping],
+        use_ema: bool = False,
+        weights_only: bool = True,
+) -> StateDict:
+    """Read a checkpoint file (``.pth``, ``.pth.tar``, ``.pt``, ``.safetensors``) or dict into a flat state dict."""
+    if isinstance(src, Mapping):
+        return unwrap_state_dict(src, use_ema)
+    path = Path(src)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return unwrap_state_dict(load_file(str(path)), use_ema)
+        except SafetensorError as e:
+            raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e
+    return unwrap_state_dict(_torch_load(path, weights_only), use_ema)
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def reconcile(
+        state_dict: StateDict,
+        model: nn.Module,
+        looks_like: Optional[str],
+        optional: Callable[[str], bool] = lambda k: False,
+        unused: Callable[[str], bool] = lambda k: False,
+) -> StateDict:
+    """Check a converted state dict against ``model`` and complete it.
+
+    Args:
+        state_dict: in the project's layout.
+        model: the target model.
+        looks_like: the variant the checkpoint appears to be, for error messages.
+        optional: keys the checkpoint may lack or hold with another shape (classifier heads of
+            backbone-only or other-task checkpoints); the model keeps its own values, with a warning.
+        unused: keys of the checkpoint this model has no place for by construction (a pruned or head-less
+            model); they are dropped.
+
+    Returns:
+        A state dict with exactly the model's keys.
+
+    Raises:
+        CheckpointError: any other missing, unexpected or mis-shaped key.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in own and not unused(k)]
+    mismatched = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    fatal_missing = [k for k in missing if not optional(k)]
+    fatal_shape = [k for k in mismatched if not optional(k)]
+    if fatal_missing or unexpected or fatal_shape:
+        name = _model_name(model)
+        lines = [f'checkpoint does not fit {name}'
+                 + (f': it looks like {looks_like}' if looks_like and looks_like != name else '')
+                 + (' (same variant, other configuration)' if looks_like == name else '') + '.']
+        if fatal_shape:
+            lines.append(f'{len(fatal_shape)} shape mismatches, first: ' + ', '.join(
+                f'{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}' for k in fatal_shape[:_MAX_LISTED]))
+        if fatal_missing:
+            lines.append(f'{len(fatal_missing)} missing keys, first: {fatal_missing[:_MAX_LISTED]}')
+        if unexpected:
+            lines.append(f'{len(unexpected)} unexpected keys, first: {unexpected[:_MAX_LISTED]}')
+        raise CheckpointError('\n'.join(lines))
+    kept = [k for k in missing + mismatched if not k.endswith('num_batches_tracked')]
+    if kept:
+        _logger.warning('checkpoint has no usable weights for %d key(s) of %s, left as initialised: %s',
+                        len(kept), _model_name(model), kept[:_MAX_LISTED])
+    return {k: (state_dict[k] if k in state_dict and k not in mismatched else v) for k, v in own.items()}
+
+
+def _filter_for(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict]:
+    for family in _FAMILIES:
+        if isinstance(model, family.model_cls):
+            return family.filter_fn
+    raise CheckpointError(f'no checkpoint converter for {type(model).__name__}')
+
+
+def identify(state_dict: StateDict) -> Tuple[str, Dict[str, Any], StateDict]:
+    """Detect the family and layout of a flat state dict.
+
+    Returns:
+        ``(model_name, model_kwargs, project_state_dict)``: the registered model that fits the checkpoint
+        exactly, and the checkpoint converted to the project's layout.
+    """
+    for family in _FAMILIES:
+        converted = family.to_project_layout(state_dict)
+        if converted is not None:
+            name, kwargs = family.model_args(converted[0])
+            return name, kwargs, converted[0]
+    raise CheckpointError(f'not a checkpoint of any supported model family; first keys: {list(state_dict)[:_MAX_LISTED]}')
+
+
+def load_checkpoint(
+        model: nn.Module,
+        src: Union[str, os.PathLike, Mapping],
+        use_ema: bool = False,
+        weights_only: bool = True,
+) -> nn.Module:
+    """Load any supported checkpoint into ``model`` (format detected from the keys).
+
+    Args:
+        model: a model of this project, or a timm feature wrapper around one.
+        src: a path or an already loaded checkpoint dict.
+        use_ema: load the EMA weights of a checkpoint that has them.
+        weights_only: refuse pickled Python objects other than tensors and plain containers.
+    """
+    target = getattr(model, 'model', model) if not hasattr(model, 'forward_features') else model
+    state_dict = read_checkpoint(src, use_ema=use_ema, weights_only=weights_only)
+    state_dict = _filter_for(target)(state_dict, target)
+    target.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def atomic_save(obj: Any, path: Union[str, os.PathLike], save_fn: Callable[[Any, str], None] = None) -> None:
+    """Write ``obj`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    try:
+        (save_fn or torch.save)(obj, tmp)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_safetensors(state_dict: StateDict, path: Union[str, os.PathLike], metadata: Optional[Dict[str, str]] = None):
+    """Save a state dict as safetensors (contiguous copies, atomically)."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    atomic_save(tensors, path, lambda obj, p: save_file(obj, p, metadata=metadata))

@@ -1,0 +1,842 @@
+"""GPViT: a high-resolution non-hierarchical vision transformer with Group Propagation.
+
+Paper: *GPViT: A High Resolution Non-Hierarchical Vision Transformer with Group Propagation*,
+Yang, Xu, De Mello, Crowley, Wang, ICLR 2023 (arXiv 2212.06795).
+
+This is an independent implementation of the function computed by the reference code
+(github.com/ChenhongyiYang/GPViT @2b8882b), checked against that code's outputs. Its quirks are kept on
+purpose, because released weights depend on them:
+
+* the local block ends with a depthwise 3x3 conv over the whole residual stream, with no residual around it;
+* the GP block has no outer residual: the identity path runs through ``cat[x, ungroup(x)]`` and a 2C->C
+  projection, and the block ends with depthwise conv + BatchNorm + ReLU (its output is non-negative);
+* grouping attention projects only the keys; values are the layer-normed image tokens themselves;
+* LayerNorm eps is 1e-6 in local blocks and output norms, 1e-5 inside GP blocks and the attention-pool neck.
+
+Layout: the token map stays channels-last ``(B, H, W, C)`` between blocks, so LayerNorm and Linear act on the
+last dimension and the depthwise convs see a channels-last NCHW view without copies. The stride is 8.
+
+Any input size: the stem pads bottom/right to a multiple of 8 (as the reference's ``AdaptivePadding``), the
+position embedding is resized bicubically to the token grid in every forward (as the reference does), and a
+token grid with an odd side is handled in the stripe attention by letting the last stripe be one token wide
+(see :class:`LePEAttention`). Sides that are multiples of 16 give exactly the reference's function.
+"""
+import logging
+import math
+import re
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ConvNormAct, DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+from timm.models.mlp_mixer import MixerBlock
+
+from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
+from .layers import attention, check_image_input, window_partition, window_reverse
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'UngroupingAttention', 'GPBlock',
+           'GroupPool', 'checkpoint_filter_fn']
+
+MIN_INPUT_SIZE = 32
+
+
+class ConvPatchEmbed(nn.Module):
+    """Convolutional stem, total stride 8.
+
+    7x7/2 conv-BN-ReLU, ``num_convs`` 3x3 conv-BN-ReLU, zero padding of the bottom/right edge to a multiple of
+    4, then a 4x4/4 projection to ``embed_dim``. ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), embed_dim)``.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 216, stem_width: int = 64, num_convs: int = 0):
+        super().__init__()
+        self.stem = ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3)
+        self.convs = nn.Sequential(*[ConvNormAct(stem_width, stem_width, 3, padding=1) for _ in range(num_convs)])
+        self.proj = nn.Conv2d(stem_width, embed_dim, 4, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.convs(self.stem(x))
+        H, W = x.shape[-2:]
+        x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class LePEAttention(nn.Module):
+    """Cross-shaped stripe attention with locally-enhanced positional encoding (CSWin), as in GPViT.
+
+    One ``qkv`` projection feeds two branches of ``num_heads // 2`` heads each: the first half of the channels
+    attends within vertical stripes (full height, ``stripe_width`` columns), the second half within horizontal
+    stripes (``stripe_width`` rows, full width). Each branch adds LePE: a depthwise 3x3 conv of V applied to
+    every stripe as an image of its own, so it zero-pads at stripe borders. The two branches are concatenated
+    and projected.
+
+    A token grid whose side is not a multiple of ``stripe_width`` is zero-padded after the qkv projection and
+    the padded keys are masked out. For the real tokens this is exactly a tiling in which the last stripe is
+    narrower (zero V in the padding equals the conv's zero padding at a stripe border); it changes nothing on
+    grids the stripes tile.
+
+    ``(B, H, W, C)`` -> ``(B, H, W, C)``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 12,
+            stripe_width: int = 2,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+    ):
+        super().__init__()
+        if dim % 2 or num_heads % 2 or (dim // 2) % (num_heads // 2):
+            raise ValueError(f'LePEAttention: dim {dim} must split into 2 branches of num_heads/2 = '
+                             f'{num_heads // 2} equal heads')
+        self.num_heads = num_heads
+        self.stripe_width = stripe_width
+        half = dim // 2
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.lepe = nn.ModuleList([nn.Conv2d(half, half, 3, padding=1, groups=half) for _ in range(2)])
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _branch(
+            self,
+            qkv: torch.Tensor,
+            stripe: Tuple[int, int],
+            lepe: nn.Conv2d,
+            key_mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Attention of one branch. ``qkv``: ``(B, H, W, 3, D)``; stripes of ``stripe = (sh, sw)`` tokens."""
+        B, H, W, _, D = qkv.shape
+        win = window_partition(qkv, stripe)  # (B * nS, sh, sw, 3, D)
+        q, k, v = win.flatten(1, 2).unbind(2)  # each (B * nS, sh * sw, D)
+        # LePE: the stripes as a batch of (D, sh, sw) images, so the conv zero-pads at stripe borders.
+        pe = lepe(win[..., 2, :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1).flatten(1, 2)
+        mask = None
+        if key_mask is not None:  # (1, H, W) bool -> (B * nS, 1, 1, sh * sw)
+            mask = window_partition(key_mask.unsqueeze(-1), stripe).flatten(1)
+            mask = mask.repeat(B, 1)[:, None, None, :]
+        out = attention(q, k, v, self.num_heads // 2, attn_mask=mask,
+                        dropout_p=self.attn_drop if self.training else 0.)
+        return window_reverse((out + pe).unflatten(1, stripe), stripe, (H, W))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        sw = self.stripe_width
+        qkv = self.qkv(x).view(B, H, W, 3, 2, C // 2)
+        pad_h, pad_w = (-H) % sw, (-W) % sw
+        key_mask = None
+        if pad_h or pad_w:
+            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad_w, 0, pad_h))
+            key_mask = torch.zeros(1, H + pad_h, W + pad_w, dtype=torch.bool, device=x.device)
+            key_mask[:, :H, :W] = True
+        Hp, Wp = H + pad_h, W + pad_w
+        x = torch.cat([
+            self._branch(qkv[..., 0, :], (Hp, sw), self.lepe[0], key_mask),  # vertical stripes
+            self._branch(qkv[..., 1, :], (sw, Wp), self.lepe[1], key_mask),  # horizontal stripes
+        ], dim=-1)
+        if pad_h or pad_w:
+            x = x[:, :H, :W]
+        return self.proj_drop(self.proj(x))
+
+
+class LePEBlock(nn.Module):
+    """GPViT local block (reference ``LePEAttnSimpleDWBlock``).
+
+    ``x = x + attn(LN(x)); x = x + mlp(LN(x)); x = dwconv3x3(x)``. The final depthwise conv (no bias) has no
+    residual, norm or activation: every local block filters the whole stream.
+    ``(B, H, W, C)`` -> ``(B, H, W, C)``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 12,
+            stripe_width: int = 2,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: type = nn.GELU,
+            norm_layer: type = partial(nn.LayerNorm, eps=1e-6),
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = LePEAttention(dim, num_heads, stripe_width, qkv_bias, attn_drop, proj_drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class GroupingAttention(nn.Module):
+    """Group tokens gather the image tokens (reference ``LightGroupAttnBlock``).
+
+    ``q = LN(group tokens)``, ``k = Linear(LN(x))``, ``v = LN(x)``: only the keys are projected, and there is
+    no output projection, residual or FFN, so each head's output is a convex combination of normalised image
+    tokens. ``(1, n, C)``, ``(B, N, C)`` -> ``(B, n, C)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = True, attn_drop: float = 0.,
+                 norm_layer: type = nn.LayerNorm):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_q = norm_layer(dim)
+        self.norm_kv = norm_layer(dim)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+
+    def forward(self, group_tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(x)
+        return attention(self.norm_q(group_tokens), self.k(kv), kv, self.num_heads,
+                         dropout_p=self.attn_drop if self.training else 0.)
+
+
+class UngroupingAttention(nn.Module):
+    """Image tokens read back from the propagated group tokens (attention of reference ``FullAttnCatBlock``).
+
+    ``q = Wq LN(x)``, ``k = Wk LN(g)``, ``v = Wv LN(g)``, softmax over the groups, output projection.
+    ``(B, N, C)``, ``(B, n, C)`` -> ``(B, N, C)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = True, attn_drop: float = 0.,
+                 norm_layer: type = nn.LayerNorm):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_q = norm_layer(dim)
+        self.norm_kv = norm_layer(dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        g = self.norm_kv(groups)
+        out = attention(self.q(self.norm_q(x)), self.k(g), self.v(g), self.num_heads,
+                        dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj(out)
+
+
+class GPBlock(nn.Module):
+    """Group Propagation block: grouping, MLP-Mixer propagation over the groups, ungrouping.
+
+    ::
+
+        g = GroupingAttention(group_tokens, x)                 # (B, n, C)
+        g = MixerBlock(g)                                      # token mixing (hidden C/2) + channel mixing
+        y = Linear(2C -> C)(cat[x, DropPath(Ungrouping(x, g))])
+        y = y + DropPath(mlp(LN(y)))
+        out = ReLU(BN(dwconv3x3(y)))
+
+    There is no residual around the block: ``x`` reaches the output only through the concatenation.
+    ``(B, H, W, C)`` -> ``(B, H, W, C)``, non-negative.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_group_tokens: int,
+            num_heads: int = 6,
+            mlp_ratio: float = 4.,
+            mixer_ratio: Tuple[float, float] = (0.5, 4.),
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: type = nn.GELU,
+            norm_layer: type = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim))
+        self.group = GroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
+        self.mixer = MixerBlock(dim, num_group_tokens, mixer_ratio, norm_layer=norm_layer, act_layer=act_layer,
+                                drop=proj_drop, drop_path=drop_path)
+        self.ungroup = UngroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.proj = nn.Linear(2 * dim, dim)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.conv = ConvNormAct(dim, dim, 3, padding=1, groups=dim)
+        trunc_normal_(self.group_token, std=.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = x.reshape(B, H * W, C)
+        g = self.mixer(self.group(self.group_token, x))
+        x = self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.conv(x.view(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class GroupPool(nn.Module):
+    """Attention pooling with one learnable query (reference ``GroupNeck``, used by L1 and L2).
+
+    ``q = LN(query)``, ``k = Linear(x)`` (no bias), ``v = x``; no output projection. The query starts at zero,
+    so the pool starts as global average pooling. ``(B, N, C)`` -> ``(B, C)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 6, norm_layer: type = nn.LayerNorm):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm = norm_layer(dim)
+        self.k = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return attention(self.norm(self.query), self.k(x), x, self.num_heads).squeeze(1)
+
+
+class GPViT(nn.Module):
+    """GPViT backbone and classifier.
+
+    Twelve blocks at stride 8: local stripe-attention blocks everywhere except the GP blocks named in
+    ``group_layers``. ``forward_features`` returns the final map ``(B, C, H/8, W/8)`` (after the final
+    LayerNorm); the head pools it (attention pool ``'group'`` or ``'avg'``) and applies a Linear classifier.
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 216,
+            depth: int = 12,
+            num_heads: int = 12,
+            stripe_width: int = 2,
+            group_layers: Sequence[Tuple[int, int]] = ((1, 64), (4, 32), (7, 32), (10, 16)),
+            group_heads: int = 6,
+            mlp_ratio: float = 4.,
+            mixer_ratio: Tuple[float, float] = (0.5, 4.),
+            stem_convs: int = 0,
+            stem_width: int = 64,
+            qkv_bias: bool = True,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            out_norm_indices: Sequence[int] = (),
+            weight_init: str = 'reference',
+    ):
+        """
+        Args:
+            img_size: training resolution; sets the grid of the stored position embedding (``img_size / 8``).
+                Any input size >= 32 runs; the embedding is resized to the input's token grid on the fly.
+            in_chans: input channels.
+            num_classes: classifier outputs; 0 for no classifier.
+            global_pool: ``'group'`` (attention pool, L1/L2), ``'avg'`` (L3/L4) or ``''`` (no pooling).
+            embed_dim: width C.
+            depth: number of blocks.
+            num_heads: heads of the stripe attention (half per stripe direction).
+            stripe_width: width of the LePE stripes in tokens.
+            group_layers: ``(block index, number of group tokens)`` of the GP blocks.
+            group_heads: heads of grouping, ungrouping and the attention pool.
+            mlp_ratio: FFN hidden size / C.
+            mixer_ratio: token- and channel-mixing hidden sizes of the MLP-Mixer, as multiples of C.
+            stem_convs: extra 3x3 convs in the stem (0 for L1, 1 for L2/L3, 2 for L4).
+            stem_width: channels of the stem convs.
+            qkv_bias: bias of the q/k/v projections.
+            drop_rate: dropout before the classifier.
+            pos_drop_rate: dropout after adding the position embedding.
+            proj_drop_rate: dropout after projections and in MLPs.
+            attn_drop_rate: attention dropout.
+            drop_path_rate: stochastic depth of the last block; block i gets ``i / (depth - 1)`` of it.
+            out_norm_indices: blocks whose intermediate outputs get a LayerNorm of their own in
+                ``forward_intermediates(norm=True)`` (the reference segmentation backbone's ``norm{i}``); the
+                last block always uses the final norm.
+            weight_init: ``'reference'`` reproduces the reference initialisation; ``'skip'`` leaves PyTorch's.
+        """
+        super().__init__()
+        if global_pool not in ('group', 'avg', ''):
+            raise ValueError(f"global_pool must be 'group', 'avg' or '', got {global_pool!r}")
+        group_layers = dict(group_layers)
+        if any(not 0 <= i < depth for i in group_layers):
+            raise ValueError(f'group_layers {sorted(group_layers)} must index blocks 0..{depth - 1}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.in_chans = in_chans
+        self.patch_size = 8
+        self.group_heads = group_heads
+        self.grad_checkpointing = False
+        self.output_fmt = 'NCHW'
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.grid_size = (math.ceil(img_size[0] / 8), math.ceil(img_size[1] / 8))
+
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, stem_width, stem_convs)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        blocks = []
+        for i in range(depth):
+            if i in group_layers:
+                blocks.append(GPBlock(
+                    embed_dim, group_layers[i], group_heads, mlp_ratio, mixer_ratio, qkv_bias,
+                    proj_drop_rate, attn_drop_rate, dpr[i]))
+            else:
+                blocks.append(LePEBlock(
+                    embed_dim, num_heads, stripe_width, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
+                    dpr[i]))
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=8, module=f'blocks.{i}') for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.out_norms = nn.ModuleDict({
+            str(i): nn.LayerNorm(embed_dim, eps=1e-6)
+            for i in sorted({i % depth for i in out_norm_indices}) if i != depth - 1})
+
+        self.attn_pool = GroupPool(embed_dim, group_heads) if global_pool == 'group' else None
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        if weight_init == 'reference':
+            self.init_weights()
+        elif weight_init != 'skip':
+            raise ValueError(f"weight_init must be 'reference' or 'skip', got {weight_init!r}")
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The reference initialisation (mmcls ``init_weights``).
+
+        Every Linear: truncated normal (std 0.02, cut at +-2), bias 0; every LayerNorm: 1 / 0; position
+        embedding and group tokens: truncated normal 0.02; classifier: normal (std 0.01), bias 0. Convolutions
+        keep PyTorch's default, BatchNorm 1 / 0, the attention-pool query zeros.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        trunc_normal_(self.pos_embed, std=.02)
+        if isinstance(self.head, nn.Linear):
+            nn.init.normal_(self.head.weight, std=.01)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        names = {'pos_embed'} | {n for n, _ in self.named_parameters() if n.endswith('group_token')}
+        if self.attn_pool is not None:
+            names.add('attn_pool.query')
+        return names
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm|^out_norms', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (non-reentrant, so it works under DDP)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier; ``global_pool`` ``'group'``, ``'avg'`` or ``''`` (forward returns the map)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('group', 'avg', ''):
+                raise ValueError(f"global_pool must be 'group', 'avg' or '', got {global_pool!r}")
+            if global_pool == 'group' and self.attn_pool is None:
+                self.attn_pool = GroupPool(self.embed_dim, self.group_heads).to(self.pos_embed.device)
+            elif global_pool != 'group':
+                self.attn_pool = None
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1:3]
+        if (H, W) == self.grid_size:
+            pos = self.pos_embed
+        else:  # the reference's resize_pos_embed: bicubic, align_corners=False, no antialiasing
+            pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
+                                         interpolation='bicubic', antialias=False)
+        return self.pos_drop(x + pos.view(1, H, W, -1))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+        return self._pos_embed(self.patch_embed(x))
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def _out_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        norm = self.out_norms[str(index)] if str(index) in self.out_norms else self.norm
+        return norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C, ceil(H/8), ceil(W/8))`` after the final LayerNorm."""
+        x = self._stem(x)
+        for blk in self.blocks:
+            x = self._run_block(blk, x)
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, C, h, w)`` -> logits ``(B, num_classes)``, pooled features if ``pre_logits``; no pooling with
+        ``global_pool=''``."""
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3))
+        elif self.global_pool == 'group':
+            x = self.attn_pool(x.flatten(2).transpose(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs, all at stride 8.
+
+        Args:
+            x: ``(B, 3, H, W)`` images.
+            indices: last n blocks if int, all if None, else the given block indices.
+            norm: pass each intermediate through its LayerNorm: ``out_norms[i]`` where the model has one for
+                block i (the reference segmentation backbone's ``norm{i}``), else the final norm.
+            stop_early: stop after the last requested block (only with ``intermediates_only``).
+            output_fmt: ``'NCHW'`` or ``'NHWC'``.
+            intermediates_only: return only the list of intermediates.
+
+        Returns:
+            The list of intermediates, or ``(final features, intermediates)`` where the final features equal
+            :meth:`forward_features`.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._stem(x)
+        blocks = self.blocks[:max_index + 1] if intermediates_only and stop_early else self.blocks
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = self._run_block(blk, x)
+            if i in take_indices:
+                y = self._out_norm(i, x) if norm else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x).permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / head if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        for key in [k for k in self.out_norms if int(k) not in take_indices]:
+            del self.out_norms[key]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+_WIDTH_TO_VARIANT = {216: 'gpvit_l1', 348: 'gpvit_l2', 432: 'gpvit_l3', 624: 'gpvit_l4'}
+
+# mmpretrain PR #1303 names -> reference names (substring replacements on backbone keys).
+_MMPRETRAIN_RENAMES = [
+    ('patch_embed.stem.conv.', 'patch_embed.stem.0.'),
+    ('patch_embed.stem.bn.', 'patch_embed.stem.1.'),
+    ('group_layer.norm_group_token.', 'group_layer.norm_query.'),
+    ('group_layer.norm_x.', 'group_layer.norm_key.'),
+    ('un_group_layer.norm_x.', 'un_group_layer.norm_query.'),
+    ('un_group_layer.norm_group_token.', 'un_group_layer.norm_key.'),
+    ('token_mix.layers.0.0.', 'patch_mixer.0.'),
+    ('token_mix.layers.1.', 'patch_mixer.3.'),
+    ('channel_mix.layers.0.0.', 'channel_mixer.0.'),
+    ('channel_mix.layers.1.', 'channel_mixer.3.'),
+    ('.ln1.', '.norm1.'),
+    ('.ln2.', '.norm2.'),
+    ('dwconv.conv.', 'dwconv.0.'),
+    ('dwconv.bn.', 'dwconv.1.'),
+]
+
+# Reference (mmcls) names, without the 'backbone.' prefix -> project names. First match wins.
+_B = r'^layers\.(\d+)\.'
+_REFERENCE_RULES = [
+    (r'^patch_embed\.stem\.0\.', 'patch_embed.stem.conv.'),
+    (r'^patch_embed\.stem\.1\.', 'patch_embed.stem.bn.'),
+    (r'^patch_embed\.convs\.(\d+)\.',
+     lambda m: f'patch_embed.convs.{int(m[1]) // 3}.{("conv", "bn")[int(m[1]) % 3]}.'),
+    (r'^patch_embed\.projection\.', 'patch_embed.proj.'),
+    (r'^pos_embed$', 'pos_embed'),
+    (_B + r'qkv\.', r'blocks.\1.attn.qkv.'),
+    (_B + r'proj\.', r'blocks.\1.attn.proj.'),
+    (_B + r'attns\.(\d)\.get_v\.', r'blocks.\1.attn.lepe.\2.'),
+    (_B + r'(?:un_group_layer\.)?ffn\.layers\.0\.0\.', r'blocks.\1.mlp.fc1.'),
+    (_B + r'(?:un_group_layer\.)?ffn\.layers\.1\.', r'blocks.\1.mlp.fc2.'),
+    (_B + r'(?:un_group_layer\.)?norm2\.', r'blocks.\1.norm2.'),
+    (_B + r'(norm1|dw)\.', r'blocks.\1.\2.'),
+    (_B + r'group_token$', r'blocks.\1.group_token'),
+    (_B + r'group_layer\.norm_query\.', r'blocks.\1.group.norm_q.'),
+    (_B + r'group_layer\.norm_key\.', r'blocks.\1.group.norm_kv.'),
+    (_B + r'group_layer\.attn\.k_proj\.', r'blocks.\1.group.k.'),
+    (_B + r'mixer\.layers\.0\.patch_mixer\.0\.', r'blocks.\1.mixer.mlp_tokens.fc1.'),
+    (_B + r'mixer\.layers\.0\.patch_mixer\.3\.', r'blocks.\1.mixer.mlp_tokens.fc2.'),
+    (_B + r'mixer\.layers\.0\.channel_mixer\.0\.', r'blocks.\1.mixer.mlp_channels.fc1.'),
+    (_B + r'mixer\.layers\.0\.channel_mixer\.3\.', r'blocks.\1.mixer.mlp_channels.fc2.'),
+    (_B + r'mixer\.layers\.0\.(norm1|norm2)\.', r'blocks.\1.mixer.\2.'),
+    (_B + r'un_group_layer\.norm_query\.', r'blocks.\1.ungroup.norm_q.'),
+    (_B + r'un_group_layer\.norm_key\.', r'blocks.\1.ungroup.norm_kv.'),
+    (_B + r'un_group_layer\.attn\.(q|k|v)_proj\.', r'blocks.\1.ungroup.\2.'),
+    (_B + r'un_group_layer\.attn\.proj\.(?:0\.)?', r'blocks.\1.ungroup.proj.'),
+    (_B + r'un_group_layer\.proj\.', r'blocks.\1.proj.'),
+    (_B + r'dwconv\.0\.', r'blocks.\1.conv.conv.'),
+    (_B + r'dwconv\.1\.', r'blocks.\1.conv.bn.'),
+    (r'^ln1\.', 'norm.'),
+    (r'^norm(\d+)\.', r'out_norms.\1.'),
+]
+_REFERENCE_RULES = [(re.compile(p), r) for p, r in _REFERENCE_RULES]
+# Top-level prefixes of reference detector / segmentor checkpoints whose weights are not the backbone's.
+_DENSE_PREFIXES = ('decode_head.', 'auxiliary_head.', 'rpn_head.', 'roi_head.', 'bbox_head.', 'mask_head.')
+_NECK_RULES = {'neck.group_token': 'attn_pool.query', 'neck.norm_query.weight': 'attn_pool.norm.weight',
+               'neck.norm_query.bias': 'attn_pool.norm.bias', 'neck.attn.k_proj.weight': 'attn_pool.k.weight',
+               'head.fc.weight': 'head.weight', 'head.fc.bias': 'head.bias'}
+
+
+def _rename_reference_backbone(key: str) -> Optional[str]:
+    for pattern, repl in _REFERENCE_RULES:
+        if pattern.search(key):
+            return pattern.sub(repl, key, count=1)
+    return None
+
+
+def to_project_layout(state_dict: Dict[str, torch.Tensor]) -> Optional[Tuple[Dict[str, torch.Tensor], List[str]]]:
+    """Convert a GPViT state dict of any supported layout to this project's layout.
+
+    Recognised: the project's own layout; reference classifier checkpoints (``backbone.`` / ``neck.`` /
+    ``head.fc.``); the backbone of reference detector and segmentor checkpoints (their heads and the
+    ViT-Adapter modules are set aside); bare reference backbone state dicts; the mmpretrain port (PR #1303).
+
+    Returns:
+        ``(state_dict, set_aside)`` with the keys set aside as belonging to another model part, or None if this
+        is not a GPViT checkpoint.
+    """
+    if 'patch_embed.proj.weight' in state_dict and any(k.startswith('blocks.') for k in state_dict):
+        return dict(state_dict), []
+    prefixed = any(k.startswith('backbone.') for k in state_dict)
+    backbone = {k[len('backbone.'):] if prefixed else k: v for k, v in state_dict.items()
+                if k.startswith('backbone.') or not prefixed}
+    if not ('patch_embed.projection.weight' in backbone or 'patch_embed.stem.conv.weight' in backbone):
+        return None
+    if any('lastnorm' in k or 'norm_group_token' in k for k in backbone):  # mmpretrain port
+        renamed = {}
+        for k, v in backbone.items():
+            k = k.replace('lastnorm.', 'ln1.')
+            k = re.sub(r'^patch_embed\.convs\.(\d+)\.(conv|bn)\.',
+                       lambda m: f'patch_embed.convs.{3 * int(m[1]) + (m[2] == "bn")}.', k)
+            for old, new in _MMPRETRAIN_RENAMES:
+                k = k.replace(old, new)
+            renamed[k] = v
+        backbone = renamed
+    out, set_aside = {}, []
+    for k, v in backbone.items():
+        new = _rename_reference_backbone(k)
+        if new is None:
+            set_aside.append('backbone.' + k if prefixed else k)
+        else:
+            out[new] = v
+    if prefixed:
+        for k, v in state_dict.items():
+            if k in _NECK_RULES:
+                out[_NECK_RULES[k]] = v
+            elif not k.startswith('backbone.'):
+                set_aside.append(k)
+    return out, set_aside
+
+
+def _looks_like(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    pos = state_dict.get('pos_embed')
+    return None if pos is None else _WIDTH_TO_VARIANT.get(pos.shape[-1], f'a GPViT of width {pos.shape[-1]}')
+
+
+def checkpoint_model_args(state_dict: Dict[str, torch.Tensor]) -> Tuple[str, Dict]:
+    """The registered variant and constructor arguments a project-layout state dict fits exactly."""
+    name = _looks_like(state_dict)
+    if name not in _WIDTH_TO_VARIANT.values():
+        raise CheckpointError(f'not a known GPViT variant: {name}')
+    head = state_dict.get('head.weight')
+    return name, dict(
+        num_classes=0 if head is None else head.shape[0],
+        global_pool='group' if 'attn_pool.query' in state_dict else 'avg',
+        out_norm_indices=tuple(sorted({int(k.split('.')[1]) for k in state_dict if k.startswith('out_norms.')})),
+    )
+
+
+def _resample_pos_embed(pos: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    n = pos.shape[1]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise CheckpointError(f'pos_embed with {n} positions is not a square grid and cannot be resampled to {grid}')
+    return resample_abs_pos_embed(pos, grid, (side, side), num_prefix_tokens=0, interpolation='bicubic',
+                                  antialias=False)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') -> Dict[str, torch.Tensor]:
+    """Convert any supported GPViT checkpoint to ``model``'s layout and check that it fits.
+
+    The position embedding is resampled to the model's grid. A classifier head or attention pool the
+    checkpoint lacks (backbone-only checkpoints) stays as initialised, with a warning; weights the model has
+    no place for by construction (no head, other pool, pruned blocks) are dropped; anything else that does not
+    fit raises a :class:`CheckpointError` naming the variant the checkpoint looks like.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    converted = to_project_layout(state_dict)
+    if converted is None:
+        raise CheckpointError(
+            f'not a GPViT checkpoint in any supported layout (reference mmcls/mmdet/mmseg, mmpretrain, gpvit); '
+            f'first keys: {list(state_dict)[:8]}')
+    state_dict, set_aside = converted
+    dense = any(k.startswith(_DENSE_PREFIXES) for k in set_aside)
+    if set_aside and not dense:
+        raise CheckpointError(f'unexpected keys in a GPViT classifier checkpoint: {set_aside[:8]}')
+    if set_aside:
+        _logger.info('loading the GPViT backbone of a detection/segmentation checkpoint; %d keys of its other '
+                     'parts set aside', len(set_aside))
+    pos = state_dict.get('pos_embed')
+    if pos is not None and pos.shape != model.pos_embed.shape and pos.shape[-1] == model.pos_embed.shape[-1]:
+        state_dict['pos_embed'] = _resample_pos_embed(pos, model.grid_size)
+
+    depth = len(model.blocks)
+
+    def unused(key: str) -> bool:
+        head = key.split('.')[0]
+        if head == 'blocks':
+            return int(key.split('.')[1]) >= depth
+        if head == 'out_norms':
+            return key.split('.')[1] not in model.out_norms
+        if head == 'norm':
+            return isinstance(model.norm, nn.Identity)
+        if head == 'head':
+            return model.num_classes == 0
+        if head == 'attn_pool':
+            return model.attn_pool is None
+        return False
+
+    return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(('head.', 'attn_pool.')),
+                     unused=unused)
+
+
+register_checkpoint_family(GPViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model cfgs and registrations
+# ---------------------------------------------------------------------------------------------------------------
+
+def _create_gpvit(variant: str, pretrained: bool = False, **kwargs) -> GPViT:
+    feature_cfg = dict(feature_cls='getter', out_indices=(2, 5, 8, 11), norm=True)
+    if kwargs.get('features_only'):
+        # Dense-task features: each requested block output through a LayerNorm of its own (reference GPViTSeg).
+        take, _ = feature_take_indices(kwargs.get('depth', 12), kwargs.get('out_indices', feature_cfg['out_indices']))
+        kwargs.setdefault('out_norm_indices', tuple(take))
+        kwargs.update(num_classes=0, global_pool='')  # the wrapper prunes the head anyway
+    return build_model_with_cfg(
+        GPViT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> Dict:
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (28, 28),
+        'crop_pct': 224 / 256,  # reference test pipeline: resize the short side to 256, centre crop 224
+        'crop_mode': 'center',
+        'interpolation': 'bicubic',
+        'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.stem.conv',
+        'classifier': 'head',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2212.06795',
+        'paper_name': 'GPViT: A High Resolution Non-Hierarchical Vision Transformer with Group Propagation',
+        'origin_url': 'https://github.com/ChenhongyiYang/GPViT',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'gpvit_l1.in1k': _cfg(),
+    'gpvit_l2.in1k': _cfg(),
+    'gpvit_l3.in1k': _cfg(),
+    'gpvit_l4.in1k': _cfg(),
+})
+
+# The four reference variants: width, extra stem convs, pooling (GroupNeck for L1/L2), ImageNet drop-path.
+_VARIANTS = {
+    'gpvit_l1': dict(embed_dim=216, stem_convs=0, global_pool='group', drop_path_rate=0.2),
+    'gpvit_l2': dict(embed_dim=348, stem_convs=1, global_pool='group', drop_path_rate=0.2),
+    'gpvit_l3': dict(embed_dim=432, stem_convs=1, global_pool='avg', drop_path_rate=0.3),
+    'gpvit_l4': dict(embed_dim=624, stem_convs=2, global_pool='avg', drop_path_rate=0.3),
+}
+
+
+@register_model
+def gpvit_l1(pretrained: bool = False, **kwargs) -> GPViT:
+    """GPViT-L1: width 216, 9.59M parameters, 6.10 GMACs at 224x224."""
+    return _create_gpvit('gpvit_l1', pretrained, **{**_VARIANTS['gpvit_l1'], **kwargs})
+
+
+@register_model
+def gpvit_l2(pretrained: bool = False, **kwargs) -> GPViT:
+    """GPViT-L2: width 348, 24.16M parameters, 15.65 GMACs at 224x224."""
+    return _create_gpvit('gpvit_l2', pretrained, **{**_VARIANTS['gpvit_l2'], **kwargs})
+
+
+@register_model
+def gpvit_l3(pretrained: bool = False, **kwargs) -> GPViT:
+    """GPViT-L3: width 432, 36.65M parameters, 23.44 GMACs at 224x224."""
+    return _create_gpvit('gpvit_l3', pretrained, **{**_VARIANTS['gpvit_l3'], **kwargs})
+
+
+@register_model
+def gpvit_l4(pretrained: bool = False, **kwargs) -> GPViT:
+    """GPViT-L4: width 624, 75.48M parameters, 48.15 GMACs at 224x224."""
+    return _create_gpvit('gpvit_l4', pretrained, **{**_VARIANTS['gpvit_l4'], **kwargs})

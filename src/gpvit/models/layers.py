@@ -1,0 +1,107 @@
+"""Building blocks shared by the GPViT and GC ViT families.
+
+Both families are built from the same few pieces: multi-head attention whose inner product runs in
+``torch.nn.functional.scaled_dot_product_attention`` (optionally with an additive bias such as a
+relative-position table, or a boolean key mask), timm's ``Mlp`` and ``DropPath``, and checks on the
+input image. Everything here works on channels-last token tensors ``(..., L, C)``.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+
+__all__ = ['split_heads', 'merge_heads', 'attention', 'window_partition', 'window_reverse', 'Mlp',
+           'check_image_input']
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, L, C)`` -> ``(B, num_heads, L, C // num_heads)``; heads are contiguous channel chunks."""
+    B, L, C = x.shape
+    return x.view(B, L, num_heads, C // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(B, num_heads, L, D)`` -> ``(B, L, num_heads * D)``, the inverse of :func:`split_heads`."""
+    B, H, L, D = x.shape
+    return x.transpose(1, 2).reshape(B, L, H * D)
+
+
+def attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        scale: Optional[float] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        dropout_p: float = 0.,
+) -> torch.Tensor:
+    """Multi-head attention on token tensors.
+
+    Args:
+        q: ``(B, Lq, C)`` queries, or ``(1, Lq, C)`` shared by the whole batch (broadcast, never copied).
+        k: ``(B, Lk, C)`` keys.
+        v: ``(B, Lk, Cv)`` values; ``Cv`` may differ from ``C``.
+        num_heads: heads; each takes a contiguous chunk of ``C // num_heads`` channels.
+        scale: logit scale, ``(C // num_heads) ** -0.5`` when None.
+        attn_mask: boolean (True = attend) or additive float mask broadcastable to
+            ``(B, num_heads, Lq, Lk)``, e.g. a relative-position bias.
+        dropout_p: attention dropout (training only).
+
+    Returns:
+        ``(B, Lq, Cv)``: the heads concatenated, before any output projection.
+    """
+    qh = split_heads(q, num_heads)
+    if qh.shape[0] != k.shape[0]:
+        qh = qh.expand(k.shape[0], -1, -1, -1)
+    out = F.scaled_dot_product_attention(
+        qh, split_heads(k, num_heads), split_heads(v, num_heads),
+        attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
+    )
+    return merge_heads(out)
+
+
+def window_partition(x: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
+    """``(B, H, W, *rest)`` -> ``(B * nW, wh, ww, *rest)``, windows in row-major order, batch-major.
+
+    ``H`` and ``W`` must be multiples of the window. Unlike timm's Swin helper this keeps any trailing
+    dimensions (e.g. a q/k/v axis) and accepts non-contiguous input.
+    """
+    B, H, W = x.shape[:3]
+    rest = x.shape[3:]
+    wh, ww = window_size
+    x = x.reshape(B, H // wh, wh, W // ww, ww, *rest).transpose(2, 3)
+    return x.reshape(B * (H // wh) * (W // ww), wh, ww, *rest)
+
+
+def window_reverse(windows: torch.Tensor, window_size: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:
+    """``(B * nW, wh, ww, *rest)`` -> ``(B, H, W, *rest)``, the inverse of :func:`window_partition`."""
+    wh, ww = window_size
+    H, W = size
+    rest = windows.shape[3:]
+    x = windows.reshape(-1, H // wh, W // ww, wh, ww, *rest).transpose(2, 3)
+    return x.reshape(-1, H, W, *rest)
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name: str) -> Tuple[int, int]:
+    """Validate an image batch and return its ``(H, W)``.
+
+    Raises a ``ValueError`` naming what was expected, instead of the shape error some reshape deep
+    inside the model would raise.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{model_name} expects a torch.Tensor image batch, got {type(x).__name__}')
+    if x.ndim != 4:
+        raise ValueError(
+            f'{model_name} expects a 4-D image batch (B, {in_chans}, H, W), got a {x.ndim}-D tensor of shape '
+            f'{tuple(x.shape)}')
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'{model_name} expects {in_chans} input channels (B, {in_chans}, H, W), got shape {tuple(x.shape)}'
+            + (' (channels-last input? use x.permute(0, 3, 1, 2))' if x.shape[-1] == in_chans else ''))
+    H, W = x.shape[-2:]
+    if H < min_size or W < min_size:
+        raise ValueError(
+            f'{model_name} needs images of at least {min_size}x{min_size} pixels, got {H}x{W}')
+    return H, W

@@ -1,0 +1,1 @@
+"""User tools: FLOP counting, benchmarks."""
