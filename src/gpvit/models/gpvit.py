@@ -38,7 +38,7 @@ from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
 from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import attention, check_image_input, window_partition, window_reverse
+from .layers import attention, check_image_input, split_heads, window_partition, window_reverse
 
 _logger = logging.getLogger(__name__)
 
@@ -206,6 +206,15 @@ class GroupingAttention(nn.Module):
         return attention(self.norm_q(group_tokens), self.k(kv), kv, self.num_heads,
                          dropout_p=self.attn_drop if self.training else 0.)
 
+    def attention_map(self, group_tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The grouping weights ``(B, heads, n, N)``: how much each group gathers from each image token.
+
+        Computed explicitly (the forward pass's fused attention does not return them); for visualisation.
+        """
+        q = split_heads(self.norm_q(group_tokens), self.num_heads)
+        k = split_heads(self.k(self.norm_kv(x)), self.num_heads)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+
 
 class UngroupingAttention(nn.Module):
     """Image tokens read back from the propagated group tokens (attention of reference ``FullAttnCatBlock``).
@@ -275,6 +284,11 @@ class GPBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.conv = ConvNormAct(dim, dim, 3, padding=1, groups=dim)
         trunc_normal_(self.group_token, std=.02)
+
+    def group_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Grouping weights of this block for its input ``x`` ``(B, H, W, C)``: ``(B, heads, n, H, W)``."""
+        B, H, W, C = x.shape
+        return self.group.attention_map(self.group_token, x.reshape(B, H * W, C)).unflatten(-1, (H, W))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``gpvit`` command line (see :mod:`gpvit.cli`)."""
