@@ -821,6 +821,7 @@ default_cfgs = generate_default_cfgs({
     'gpvit_l2.in1k': _cfg(),
     'gpvit_l3.in1k': _cfg(),
     'gpvit_l4.in1k': _cfg(),
+    'gpvit_mini': _cfg(input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0),
 })
 
 # The four reference variants: width, extra stem convs, pooling (GroupNeck for L1/L2), ImageNet drop-path.
@@ -854,3 +855,15 @@ def gpvit_l3(pretrained: bool = False, **kwargs) -> GPViT:
 def gpvit_l4(pretrained: bool = False, **kwargs) -> GPViT:
     """GPViT-L4: width 624, 75.48M parameters, 48.15 GMACs at 224x224."""
     return _create_gpvit('gpvit_l4', pretrained, **{**_VARIANTS['gpvit_l4'], **kwargs})
+
+
+@register_model
+def gpvit_mini(pretrained: bool = False, **kwargs) -> GPViT:
+    """A reduced GPViT for quick experiments and the quickstart; not a paper variant.
+
+    Width 96, 6 blocks with GP blocks at 1 and 4 (16 and 8 group tokens), 6 stripe heads, plain stem,
+    average pooling, no drop-path: about 1.0M parameters (10 classes). The architecture is the L-variants' in miniature.
+    """
+    args = dict(embed_dim=96, depth=6, num_heads=6, group_layers=((1, 16), (4, 8)), group_heads=6,
+                global_pool='avg', img_size=64)
+    return _create_gpvit('gpvit_mini', pretrained, **{**args, **kwargs})
