@@ -67,6 +67,10 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
                 return torch.load(path, map_location='cpu', weights_only=True)
         return torch.load(path, map_location='cpu', weights_only=False)
     except pickle.UnpicklingError as e:
+        with open(path, 'rb') as f:
+            looks_like_torch = zipfile.is_zipfile(path) or f.read(1) == b'\x80'  # zip or pickle protocol >= 2
+        if not looks_like_torch:
+            raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)') from e
         raise CheckpointError(
             f'{path}: holds Python objects that are not loaded without trusting the file ({e}). If you trust it, '
             f'load it with weights_only=False.') from e

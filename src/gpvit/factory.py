@@ -37,20 +37,23 @@ def create_model(
         use_ema: load the EMA weights of a checkpoint that has them.
         weights_only: refuse pickled objects other than tensors and plain containers.
         **kwargs: passed to ``timm.create_model`` (``num_classes``, ``features_only``, ``out_indices``,
-            ``drop_path_rate``, ...). Without ``num_classes``, a classifier takes the checkpoint's.
+            ``drop_path_rate``, ...). Without ``num_classes`` the model takes the checkpoint's classifier,
+            or has none (``num_classes=0``) if the checkpoint is a backbone only.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or does not fit the model.
     """
     if checkpoint is not None:
         state_dict = read_checkpoint(checkpoint, use_ema=use_ema, weights_only=weights_only)
-        if 'num_classes' not in kwargs and not kwargs.get('features_only'):
-            try:
-                _, ckpt_args, _ = identify(state_dict)
-            except CheckpointError:
-                ckpt_args = {}  # the model's own filter raises the precise error below
-            if ckpt_args.get('num_classes'):
-                kwargs['num_classes'] = ckpt_args['num_classes']
+        try:
+            _, ckpt_args, _ = identify(state_dict)
+        except CheckpointError:
+            ckpt_args = {}  # the model's own filter raises the precise error
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {}, state_dict=state_dict)
+        if 'num_classes' in ckpt_args:
+            # timm keeps the checkpoint's classifier only where the model's class count equals the cfg's.
+            overlay['num_classes'] = ckpt_args['num_classes']
+            if 'num_classes' not in kwargs and not kwargs.get('features_only') and ckpt_args['num_classes']:
+                kwargs['num_classes'] = ckpt_args['num_classes']
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     return timm.create_model(model_name, **kwargs)

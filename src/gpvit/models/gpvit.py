@@ -731,7 +731,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     """Convert any supported GPViT checkpoint to ``model``'s layout and check that it fits.
 
     The position embedding is resampled to the model's grid. A classifier head or attention pool the
-    checkpoint lacks (backbone-only checkpoints) stays as initialised, with a warning; weights the model has
+    checkpoint lacks (backbone-only checkpoints), or output norms a detector checkpoint lacks, stay as
+    initialised, with a warning; weights the model has
     no place for by construction (no head, other pool, pruned blocks) are dropped; anything else that does not
     fit raises a :class:`CheckpointError` naming the variant the checkpoint looks like.
     """
@@ -768,7 +769,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
             return model.attn_pool is None
         return False
 
-    return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(('head.', 'attn_pool.')),
+    # A classifier head is optional (backbone-only checkpoints); so are the output norms of a detector
+    # checkpoint, whose ViT-Adapter backbone runs without them (final_norm=False).
+    optional = ('head.', 'attn_pool.') + (('norm.', 'out_norms.') if dense else ())
+    return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
                      unused=unused)
 
 

@@ -1,0 +1,270 @@
+"""GPViT: exactness against the reference implementation, the timm backbone API, input sizes, errors."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from fill import fill, load_manifest
+from timm.models import group_parameters
+
+import gpvit
+from gpvit.models.gpvit import GPBlock, LePEAttention, LePEBlock
+from gpvit.tools.flops import count_flops
+
+VARIANTS = ['gpvit_l1', 'gpvit_l2', 'gpvit_l3', 'gpvit_l4']
+PARAMS = {'gpvit_l1': 9_589_848, 'gpvit_l2': 24_162_680, 'gpvit_l3': 36_654_056, 'gpvit_l4': 75_484_456}
+GFLOPS_224 = {'gpvit_l1': 12.19, 'gpvit_l2': 31.30, 'gpvit_l3': 46.87, 'gpvit_l4': 96.30}
+WIDTH = {'gpvit_l1': 216, 'gpvit_l2': 348, 'gpvit_l3': 432, 'gpvit_l4': 624}
+
+
+def _golden(golden_dir, variant):
+    return torch.load(golden_dir / f'{variant}_seed0.pt')
+
+
+def _reference_sd(golden_dir, variant, kind='cls'):
+    return fill(load_manifest(golden_dir / f'{variant}_{kind}_manifest.json'), seed=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exactness
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_golden_classifier(golden_dir, variant):
+    """Reference release format ({'meta', 'state_dict'}) -> logits at 224 and at 256x320 (pos-embed resized)."""
+    ref = _golden(golden_dir, variant)
+    model = gpvit.create_model(variant, checkpoint={'meta': {'epoch': 300}, 'state_dict': _reference_sd(golden_dir, variant)})
+    model.eval()
+    with torch.no_grad():
+        assert (model(ref['input0']) - ref['logits0']).abs().max() <= 1e-4
+        assert (model(ref['input1']) - ref['logits1']).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_golden_segmentation_features(golden_dir, variant):
+    """Backbone of a reference segmentor checkpoint -> the four normed stride-8 maps at 128x192."""
+    ref = _golden(golden_dir, variant)
+    sd = {f'backbone.{k[len("backbone."):]}': v for k, v in _reference_sd(golden_dir, variant, 'seg').items()}
+    sd['decode_head.conv_seg.weight'] = torch.zeros(150, 512, 1, 1)  # a segmentor's head is set aside
+    backbone = gpvit.create_model(variant, checkpoint={'state_dict': sd}, features_only=True,
+                                  out_indices=(2, 5, 8, 11)).eval()
+    with torch.no_grad():
+        feats = backbone(ref['seg_input'])
+    assert len(feats) == 4
+    for ours, theirs in zip(feats, ref['seg_features']):
+        assert ours.shape == theirs.shape == (1, WIDTH[variant], 16, 24)
+        assert (ours - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_param_count_and_flops(variant):
+    model = timm.create_model(variant)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[variant]
+    gflops = count_flops(model, (1, 3, 224, 224)) / 1e9
+    assert abs(gflops - GFLOPS_224[variant]) / GFLOPS_224[variant] < 0.01
+
+
+def _naive_stripe_attention(attn: LePEAttention, x: torch.Tensor) -> torch.Tensor:
+    """Direct per-stripe CSWin computation: stripes tile the map, the last one may be narrower."""
+    B, H, W, C = x.shape
+    D, heads, sw = C // 2, attn.num_heads // 2, attn.stripe_width
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
+    out = torch.zeros(B, H, W, C)
+    for branch, vertical in ((0, True), (1, False)):
+        ch = slice(branch * D, (branch + 1) * D)
+        starts = range(0, W if vertical else H, sw)
+        for s in starts:
+            rows = slice(0, H) if vertical else slice(s, min(s + sw, H))
+            cols = slice(s, min(s + sw, W)) if vertical else slice(0, W)
+            qs, ks, vs = (t[:, rows, cols, ch] for t in (q, k, v))
+            h, w = qs.shape[1:3]
+            lepe = attn.lepe[branch](vs.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # stripe as its own image
+            qh, kh, vh = (t.reshape(B, h * w, heads, D // heads).transpose(1, 2) for t in (qs, ks, vs))
+            a = (qh @ kh.transpose(-2, -1) * (D // heads) ** -0.5).softmax(-1) @ vh
+            out[:, rows, cols, ch] = a.transpose(1, 2).reshape(B, h, w, D) + lepe
+    return attn.proj(out)
+
+
+@pytest.mark.parametrize('size', [(6, 8), (7, 8), (6, 9), (5, 7)])
+def test_stripe_attention_matches_direct_computation(size):
+    """Even grids are the reference's tiling; odd sides are a tiling whose last stripe is one token wide."""
+    attn = LePEAttention(48, num_heads=6, stripe_width=2).eval()
+    x = torch.randn(2, *size, 48)
+    with torch.no_grad():
+        assert (attn(x) - _naive_stripe_attention(attn, x)).abs().max() < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input sizes and errors
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('size', [(32, 32), (100, 100), (200, 296), (96, 168), (64, 250)])
+def test_any_input_size(size):
+    model = gpvit.create_model('gpvit_mini', num_classes=5).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(2, 3, *size))
+        logits = model.forward_head(feats)
+    assert feats.shape == (2, 96, math.ceil(size[0] / 8), math.ceil(size[1] / 8))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+
+
+def test_padding_rule_is_local():
+    """A batch does not mix images, and an odd-size image gives the same output alone or in a batch."""
+    model = gpvit.create_model('gpvit_mini').eval()
+    x = torch.randn(3, 3, 72, 88)  # 9 x 11 tokens: both sides odd
+    with torch.no_grad():
+        batched = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    assert (batched - single).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((3, 224, 224), '4-D'),
+    ((1, 1, 224, 224), '3 input channels'),
+    ((1, 224, 224, 3), 'channels-last'),
+    ((1, 3, 16, 224), 'at least 32x32'),
+])
+def test_bad_input_raises_value_error(shape, message):
+    model = gpvit.create_model('gpvit_mini').eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+    with pytest.raises(ValueError, match=message):
+        model.forward_intermediates(torch.randn(*shape))
+
+
+def test_bad_constructor_values():
+    with pytest.raises(ValueError, match='global_pool'):
+        gpvit.create_model('gpvit_mini', global_pool='max')
+    with pytest.raises(ValueError, match='group_layers'):
+        gpvit.create_model('gpvit_mini', group_layers=((7, 16),))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timm backbone API
+# ----------------------------------------------------------------------------------------------------------
+
+def test_registered_in_timm():
+    assert set(VARIANTS) <= set(timm.list_models('gpvit_*'))
+    model = timm.create_model('gpvit_l1', num_classes=10)
+    assert isinstance(model, gpvit.GPViT) and model.num_classes == 10
+    cfg = model.pretrained_cfg
+    assert cfg['input_size'] == (3, 224, 224) and cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bicubic'
+    assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['license'] == 'apache-2.0'
+    assert gpvit.list_models('gpvit_l*') == VARIANTS
+
+
+def test_reference_quirks():
+    model = timm.create_model('gpvit_l1')
+    assert isinstance(model.attn_pool, gpvit.models.gpvit.GroupPool) and (model.attn_pool.query == 0).all()
+    assert timm.create_model('gpvit_l3').attn_pool is None
+    kinds = [type(b).__name__ for b in model.blocks]
+    assert kinds == ['LePEBlock', 'GPBlock', 'LePEBlock', 'LePEBlock', 'GPBlock', 'LePEBlock', 'LePEBlock',
+                     'GPBlock', 'LePEBlock', 'LePEBlock', 'GPBlock', 'LePEBlock']
+    assert [model.blocks[i].group_token.shape[1] for i in (1, 4, 7, 10)] == [64, 32, 32, 16]
+    assert model.blocks[0].norm1.eps == 1e-6 and model.blocks[1].norm2.eps == 1e-5 and model.norm.eps == 1e-6
+    assert model.blocks[0].dw.bias is None
+    # No residual around a GP block and BN + ReLU at its end: its output is non-negative.
+    with torch.no_grad():
+        assert (model.blocks[1](torch.randn(1, 4, 4, 216)) >= 0).all()
+    dpr = [getattr(b.drop_path2, 'drop_prob', 0.) for b in model.blocks]
+    assert dpr[0] == 0 and abs(dpr[-1] - 0.2) < 1e-6
+
+
+def test_forward_intermediates_and_feature_info():
+    model = gpvit.create_model('gpvit_mini').eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+        assert len(inter) == len(model.blocks) == len(model.feature_info)
+        for info, feat in zip(model.feature_info, inter):
+            assert feat.shape == (2, info['num_chs'], 64 // info['reduction'], 96 // info['reduction'])
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True, output_fmt='NHWC')
+        assert [f.shape for f in last2] == [(2, 8, 12, 96)] * 2
+        assert torch.equal(last2[1], inter[-1].permute(0, 2, 3, 1))
+        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], inter[1])
+    model.set_grad_checkpointing(True)
+    final_ckpt, _ = model.forward_intermediates(x)
+    assert torch.allclose(final_ckpt, final, atol=1e-6)
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    model = gpvit.create_model('gpvit_mini', num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).square().sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).square().sum().backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_backward_reaches_every_parameter():
+    model = gpvit.create_model('gpvit_mini', num_classes=4, global_pool='group')
+    with torch.no_grad():
+        model.attn_pool.query.normal_()  # zero at init (as the reference), which blocks its norm's gradient
+    model(torch.randn(2, 3, 48, 64)).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # Provably inert (golden README): a key bias under softmax, a token-mixing bias ahead of a LayerNorm.
+    inert = ('group.k.bias', 'ungroup.k.bias', 'mlp_tokens.fc2.bias')
+    dead = [n for n, p in model.named_parameters() if not n.endswith(inert) and not p.grad.abs().sum() > 0]
+    assert dead == []
+
+
+def test_reset_classifier_and_pooling():
+    model = gpvit.create_model('gpvit_l1').eval()
+    x = torch.randn(1, 3, 64, 64)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, 216)
+    model.reset_classifier(0, '')
+    assert model(x).shape == (1, 216, 8, 8)
+    model.reset_classifier(7, 'avg')
+    assert model.attn_pool is None and model(x).shape == (1, 7)
+    model.reset_classifier(7, 'group')
+    assert model.attn_pool is not None and model(x).shape == (1, 7)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, 216)
+    with pytest.raises(ValueError, match='global_pool'):
+        model.reset_classifier(7, 'token')
+
+
+def test_no_weight_decay_and_group_matcher():
+    model = timm.create_model('gpvit_l1')
+    nwd = model.no_weight_decay()
+    assert nwd == {'pos_embed', 'attn_pool.query'} | {f'blocks.{i}.group_token' for i in (1, 4, 7, 10)}
+    groups = list(group_parameters(model, model.group_matcher()).values())
+    assert len(groups) == 14  # stem, 12 blocks, then the final norm and the head
+    assert 'pos_embed' in groups[0] and 'blocks.11.dw.weight' in groups[12] and 'head.weight' in groups[-1]
+
+
+def test_features_only():
+    backbone = gpvit.create_model('gpvit_mini', features_only=True, out_indices=(1, 3, 5))
+    assert backbone.feature_info.channels() == [96, 96, 96] and backbone.feature_info.reduction() == [8, 8, 8]
+    feats = backbone(torch.randn(1, 3, 64, 80))
+    assert [f.shape for f in feats] == [(1, 96, 8, 10)] * 3
+    model = backbone.model
+    assert sorted(model.out_norms) == ['1', '3'] and isinstance(model.head, torch.nn.Identity)
+    default = gpvit.create_model('gpvit_l1', features_only=True)
+    assert default.feature_info.out_indices == (2, 5, 8, 11)
+
+
+def test_bf16_autocast_cpu():
+    model = gpvit.create_model('gpvit_mini').eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_group_attention_map():
+    model = gpvit.create_model('gpvit_mini').eval()
+    block = model.blocks[1]
+    assert isinstance(block, GPBlock) and isinstance(model.blocks[0], LePEBlock)
+    w = block.group_attention(torch.randn(2, 6, 7, 96))
+    assert w.shape == (2, 6, 16, 6, 7)
+    assert torch.allclose(w.sum(dim=(-2, -1)), torch.ones(2, 6, 16))
