@@ -109,40 +109,57 @@ class LePEAttention(nn.Module):
 
     def _branch(
             self,
-            qkv: torch.Tensor,
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
             stripe: Tuple[int, int],
             lepe: nn.Conv2d,
             key_mask: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        """Attention of one branch. ``qkv``: ``(B, H, W, 3, D)``; stripes of ``stripe = (sh, sw)`` tokens."""
-        B, H, W, _, D = qkv.shape
-        win = window_partition(qkv, stripe)  # (B * nS, sh, sw, 3, D)
-        q, k, v = win.flatten(1, 2).unbind(2)  # each (B * nS, sh * sw, D)
+            out: torch.Tensor,
+    ) -> None:
+        """Attention of one branch, written into ``out``.
+
+        Args:
+            q, k, v: ``(B * nS, sh, sw, D)`` stripes of ``stripe = (sh, sw)`` tokens (any strides, channels last).
+            key_mask: ``(B * nS, 1, 1, sh * sw)`` True for real tokens, None when the stripes tile the map.
+            out: ``(B, nS, sh, sw, D)`` strided view of the output map; the sum attention + LePE is written
+                straight into it, which is the window reverse and the branch concatenation at once.
+        """
         # LePE: the stripes as a batch of (D, sh, sw) images, so the conv zero-pads at stripe borders.
-        pe = lepe(win[..., 2, :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1).flatten(1, 2)
-        mask = None
-        if key_mask is not None:  # (1, H, W) bool -> (B * nS, 1, 1, sh * sw)
-            mask = window_partition(key_mask.unsqueeze(-1), stripe).flatten(1)
-            mask = mask.repeat(B, 1)[:, None, None, :]
-        out = attention(q, k, v, self.num_heads // 2, attn_mask=mask,
-                        dropout_p=self.attn_drop if self.training else 0.)
-        return window_reverse((out + pe).unflatten(1, stripe), stripe, (H, W))
+        pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
+                      dropout_p=self.attn_drop if self.training else 0.)
+        torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        sw = self.stripe_width
-        qkv = self.qkv(x).view(B, H, W, 3, 2, C // 2)
+        sw, D = self.stripe_width, C // 2
+        qkv = self.qkv(x)
         pad_h, pad_w = (-H) % sw, (-W) % sw
-        key_mask = None
+        mask_v = mask_h = None
         if pad_h or pad_w:
-            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad_w, 0, pad_h))
-            key_mask = torch.zeros(1, H + pad_h, W + pad_w, dtype=torch.bool, device=x.device)
-            key_mask[:, :H, :W] = True
+            qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
+            valid = torch.zeros(1, H + pad_h, W + pad_w, 1, dtype=torch.bool, device=x.device)
+            valid[:, :H, :W] = True
         Hp, Wp = H + pad_h, W + pad_w
-        x = torch.cat([
-            self._branch(qkv[..., 0, :], (Hp, sw), self.lepe[0], key_mask),  # vertical stripes
-            self._branch(qkv[..., 1, :], (sw, Wp), self.lepe[1], key_mask),  # horizontal stripes
-        ], dim=-1)
+        nv, nh = Wp // sw, Hp // sw
+        qkv = qkv.view(B, Hp, Wp, 3, 2, D)
+        out = qkv.new_empty(B, Hp, Wp, 2, D)  # both branches write here: no window reverse, no concat
+
+        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v, each contiguous.
+        qkv_v = qkv[..., 0, :].unflatten(2, (nv, sw)).permute(4, 0, 2, 1, 3, 5).reshape(3, B * nv, Hp, sw, D)
+        if pad_h or pad_w:
+            mask_v = window_partition(valid, (Hp, sw)).flatten(1).repeat(B, 1)[:, None, None, :]
+        out_v = out[..., 0, :].unflatten(2, (nv, sw)).permute(0, 2, 1, 3, 4)  # (B, nv, Hp, sw, D) view
+        self._branch(*qkv_v, (Hp, sw), self.lepe[0], mask_v, out_v)
+
+        # Horizontal stripes (sw x Wp): views of the projection, no copy.
+        q, k, v = qkv[..., 1, :].reshape(B * nh, sw, Wp, 3, D).unbind(3)
+        if pad_h or pad_w:
+            mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
+        self._branch(q, k, v, (sw, Wp), self.lepe[1], mask_h, out[..., 1, :].unflatten(1, (nh, sw)))
+
+        x = out.view(B, Hp, Wp, C)
         if pad_h or pad_w:
             x = x[:, :H, :W]
         return self.proj_drop(self.proj(x))
