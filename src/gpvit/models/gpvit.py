@@ -129,7 +129,10 @@ class LePEAttention(nn.Module):
         pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
+        if torch.is_grad_enabled():  # out= has no autograd; an in-place copy into the view has
+            out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))
+        else:
+            torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
