@@ -10,6 +10,7 @@ __all__ = ['main', 'build_parser']
 # Each module defines ``register(subparsers)``, which adds its sub-command and sets ``func(args) -> int``.
 COMMAND_MODULES = (
     'gpvit.commands.convert',
+    'gpvit.commands.train', 'gpvit.commands.eval', 'gpvit.commands.lmdb',
 )
 
 

@@ -50,6 +50,10 @@ def create_model(
         except CheckpointError:
             ckpt_args = {}  # the model's own filter raises the precise error
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {}, state_dict=state_dict)
+        if 'num_classes' in kwargs:
+            # The checkpoint is already converted to the model by its filter fn; keep timm's load_pretrained
+            # from dropping a classifier of a num_classes other than the cfg's (1000).
+            overlay.setdefault('num_classes', kwargs['num_classes'])
         if 'num_classes' in ckpt_args:
             # timm keeps the checkpoint's classifier only where the model's class count equals the cfg's.
             overlay['num_classes'] = ckpt_args['num_classes']

@@ -1,0 +1,46 @@
+"""``gpvit train --config FILE [KEY=VALUE ...]``: train a configuration (see docs/training.md).
+
+Multi-GPU / multi-node: start it with torchrun, e.g.
+``torchrun --nproc_per_node 8 -m gpvit.cli train --config configs/gpvit_l1_in1k.yaml data.root=/data/imagenet``.
+"""
+import argparse
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--config', '-c', required=True, help='YAML config file (configs/*.yaml)')
+    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
+                   help='override config values, e.g. optim.lr=1e-3 data.root=/data/imagenet (values read as YAML)')
+    p.add_argument('--set', dest='set_overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='same as a positional override (may be repeated)')
+    p.add_argument('--device', choices=('cuda', 'cpu'), default=None, help='default: CUDA if available')
+
+
+def load(args: argparse.Namespace):
+    from ..engine.config import load_config
+    return load_config(args.config, list(args.overrides) + list(args.set_overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args)  # every config error surfaces here, before any work
+    if args.print_config:
+        from ..engine.config import dump_config
+        print(dump_config(cfg), end='')
+        return 0
+    from ..engine.trainer import train
+    result = train(cfg, resume=args.resume, device=args.device)
+    if result.best:
+        print(f'best {result.best["metric"]} {result.best["value"]:.2f} (epoch {result.best["epoch"]}, '
+              f'update {result.best["step"]}); outputs in {result.output_dir}')
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('train', help='train a model from a config file',
+                       description='Train a configuration (configs/*.yaml). Values can be overridden as KEY=VALUE; '
+                                   'an unknown key or a bad value fails before any work. Under torchrun, every '
+                                   'process runs this command (DistributedDataParallel).')
+    add_config_args(p)
+    p.add_argument('--resume', default=None, metavar='auto|PATH',
+                   help="'auto': continue from OUTPUT_DIR/last.pth if it exists; or a checkpoint path")
+    p.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
+    p.set_defaults(func=run)

@@ -1,0 +1,185 @@
+"""Image-classification datasets: ImageNet-style folders, with unreadable images skipped and counted.
+
+Layout (as in the GC ViT README)::
+
+    ROOT/train/<class>/*.jpeg
+    ROOT/val/<class>/*.jpeg
+
+Class indices follow the sorted class-folder names of the training split; the validation split must use
+the same class names (a missing folder is an error, since accuracy would silently be off).
+"""
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ['IMG_EXTENSIONS', 'DataError', 'UnreadableImage', 'ClassificationDataset', 'ImageFolderDataset',
+           'scan_image_folder', 'decode_image', 'collate_skipping']
+
+_logger = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+MAX_CONSECUTIVE_ERRORS = 64
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given (wrong layout, no images, class mismatch)."""
+
+
+class UnreadableImage(Exception):
+    """One image that cannot be decoded."""
+
+
+def decode_image(data: Any, name: str) -> Image.Image:
+    """Open and fully decode an image (path or bytes) as RGB; any failure is an :class:`UnreadableImage`."""
+    try:
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        with Image.open(src) as img:
+            return img.convert('RGB')  # convert() forces the full decode: truncated files fail here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
+        raise UnreadableImage(f'{name}: {type(e).__name__}: {e}') from None
+
+
+def scan_image_folder(split_dir: Path, class_names: Optional[Sequence[str]] = None,
+                      extensions: Sequence[str] = IMG_EXTENSIONS) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """List ``split_dir/<class>/<image>`` files.
+
+    Args:
+        split_dir: a split folder, e.g. ``ROOT/train``.
+        class_names: classes to expect (the training split's); None: the sorted sub-folders.
+
+    Returns:
+        ``(samples, class_names)``: ``(path, class index)`` pairs sorted by class then file name.
+
+    Raises:
+        DataError: the folder is missing, holds images but no class folders, a class folder without images,
+            or classes other than ``class_names``.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        parent = split_dir.parent
+        found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else None
+        hint = (f'; {parent} has sub-folders {found[:10]}' if found else
+                f'; {parent} does not exist' if found is None else f'; {parent} has no sub-folders')
+        raise DataError(f'{split_dir}: no such folder (expected ROOT/train/<class>/*.jpeg and '
+                        f'ROOT/val/<class>/*.jpeg){hint}')
+    extensions = tuple(e.lower() for e in extensions)
+    entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
+    dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith('.')]
+    loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(extensions)]
+    if not dirs:
+        if loose:
+            raise DataError(f'{split_dir}: holds {len(loose)} image files but no class folders; expected '
+                            f'{split_dir}/<class>/<image> (one sub-folder per class, as for ImageNet)')
+        raise DataError(f'{split_dir}: no class folders (expected {split_dir}/<class>/<image>)')
+    if loose:
+        _logger.warning('%s: %d image files outside class folders are ignored', split_dir, len(loose))
+    if class_names is None:
+        class_names = dirs
+    else:
+        missing = sorted(set(class_names) - set(dirs))
+        extra = sorted(set(dirs) - set(class_names))
+        if missing or extra:
+            raise DataError(f'{split_dir}: class folders differ from the training split\'s: '
+                            + (f'missing {missing[:10]}' if missing else '')
+                            + ('; ' if missing and extra else '')
+                            + (f'unknown {extra[:10]}' if extra else ''))
+    index = {c: i for i, c in enumerate(class_names)}
+    samples: List[Tuple[str, int]] = []
+    empty = []
+    for c in class_names:
+        files = sorted(e.path for e in os.scandir(split_dir / c)
+                       if e.is_file() and e.name.lower().endswith(extensions))
+        if not files:
+            empty.append(c)
+        samples.extend((f, index[c]) for f in files)
+    if empty:
+        raise DataError(f'{split_dir}: {len(empty)} class folder(s) without images ({", ".join(extensions)}): '
+                        f'{empty[:10]}')
+    return samples, list(class_names)
+
+
+class ClassificationDataset(Dataset):
+    """Base of the classification datasets: ``(image, target, skipped)`` samples.
+
+    An unreadable image is logged and counted; in ``'substitute'`` mode (training) the next readable image
+    takes its place, keeping batches full (every process must run the same number of steps); in ``'skip'``
+    mode (evaluation) the sample is ``(None, -1, 1)`` and :func:`collate_skipping` drops it, so metrics count
+    only readable images. ``skipped`` is the number of unreadable images behind the sample.
+    """
+    on_error_modes = ('substitute', 'skip')
+
+    def __init__(self, transform: Optional[Callable] = None, on_error: str = 'substitute'):
+        if on_error not in self.on_error_modes:
+            raise ValueError(f'on_error must be one of {self.on_error_modes}, got {on_error!r}')
+        self.transform = transform
+        self.on_error = on_error
+        self.classes: List[str] = []
+        self._reported: set = set()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Tuple[Image.Image, int]:
+        """The decoded image and class index; raises :class:`UnreadableImage`."""
+        raise NotImplementedError
+
+    def _report(self, index: int, err: UnreadableImage) -> None:
+        if index not in self._reported:  # once per file and process
+            self._reported.add(index)
+            _logger.warning('skipping unreadable image %s', err)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int, int]:
+        skipped = 0
+        n = len(self)
+        for attempt in range(min(MAX_CONSECUTIVE_ERRORS, n)):
+            i = (index + attempt) % n
+            try:
+                img, target = self.load(i)
+            except UnreadableImage as e:
+                self._report(i, e)
+                skipped += 1
+                if self.on_error == 'skip':
+                    return None, -1, skipped
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, target, skipped
+        raise DataError(f'{min(MAX_CONSECUTIVE_ERRORS, n)} consecutive unreadable images starting at sample '
+                        f'{index} of {self!r}: the data looks corrupt (see the warnings above)')
+
+
+class ImageFolderDataset(ClassificationDataset):
+    """``root/<class>/<image>`` (one split of an ImageNet-style folder)."""
+
+    def __init__(self, root, transform: Optional[Callable] = None, class_names: Optional[Sequence[str]] = None,
+                 on_error: str = 'substitute'):
+        super().__init__(transform, on_error)
+        self.root = Path(root)
+        self.samples, self.classes = scan_image_folder(self.root, class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f'ImageFolderDataset({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)'
+
+    def load(self, index: int) -> Tuple[Image.Image, int]:
+        path, target = self.samples[index]
+        return decode_image(path, path), target
+
+
+def collate_skipping(batch: Sequence[Tuple[Any, int, int]]) -> Dict[str, Any]:
+    """Collate ``(image, target, skipped)`` samples into ``{'images', 'targets', 'skipped'}``, dropping the
+    samples without an image; ``images`` is None if none is left."""
+    import torch
+    skipped = sum(s[2] for s in batch)
+    kept = [s for s in batch if s[0] is not None]
+    if not kept:
+        return {'images': None, 'targets': torch.zeros(0, dtype=torch.long), 'skipped': skipped}
+    return {'images': torch.stack([s[0] for s in kept]), 'targets': torch.tensor([s[1] for s in kept]),
+            'skipped': skipped}

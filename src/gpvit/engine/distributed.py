@@ -1,0 +1,107 @@
+"""Process-group setup for torchrun (single- and multi-node) and small collective helpers.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them
+the run is a single process. The backend is NCCL with CUDA and gloo on CPU.
+"""
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = ['DistContext', 'init_distributed', 'all_reduce_sum', 'all_gather_object', 'broadcast_object',
+           'barrier']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistContext:
+    """Where this process runs: rank, world size and device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+    initialized_here: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+            self.initialized_here = False
+
+
+def init_distributed(device: Optional[str] = None, timeout_min: float = 30.) -> DistContext:
+    """Join the process group torchrun describes in the environment, or run as a single process.
+
+    Args:
+        device: ``'cuda'``, ``'cpu'`` or None (CUDA if available).
+        timeout_min: collective timeout.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith('cuda')
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError('device cuda requested, but CUDA is not available')
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dev = torch.device('cuda', torch.cuda.current_device())
+    else:
+        dev = torch.device('cpu')
+    ctx = DistContext(rank, world_size, local_rank, dev)
+    if world_size > 1 and not dist.is_initialized():
+        backend = 'nccl' if use_cuda else 'gloo'
+        kwargs = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
+        if use_cuda:
+            kwargs['device_id'] = dev
+        try:
+            dist.init_process_group(**kwargs)
+        except TypeError:  # torch without device_id
+            kwargs.pop('device_id', None)
+            dist.init_process_group(**kwargs)
+        ctx.initialized_here = True
+    elif dist.is_initialized():
+        ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+    return ctx
+
+
+def all_reduce_sum(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
+    """Sum a dict of numbers over all processes (float64; exact for counts)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: v for k, v in zip(keys, t.tolist())}
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,499 @@
+"""The training loop, shared by every task.
+
+:func:`train` runs a whole configuration: distributed setup, the task's datasets and model, samplers and
+loaders, optimiser and schedule, mixed precision, gradient accumulation and clipping, EMA, evaluation,
+checkpoints, logs and curves. It is what ``gpvit train`` calls, and it can be called from Python.
+
+Reproducibility: with the same config and world size, a run gives the same weights whether or not it was
+killed and resumed (``resume='auto'``): checkpoints hold the model, optimiser, schedule, scaler, EMA, the
+position in the data (epoch and update) and every process's RNG states, and the data order and per-sample
+augmentation are functions of (seed, epoch, index) only (see :mod:`gpvit.engine.data`). On CPU the result is
+bit-exact; on GPU it is as exact as the kernels (``train.deterministic=true``).
+"""
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import Config, ConfigError, dump_config, to_dict
+from .data import ResumableSampler, build_eval_loader, build_train_loader
+from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from .logs import MetricsLog, plot_curves, setup_logging
+from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
+from .state import (FORMAT, CheckpointManager, find_resume, get_rng_state, load_training_checkpoint,
+                    set_rng_state, truncate_jsonl)
+
+__all__ = ['train', 'TrainResult', 'autocast_context', 'seed_everything']
+
+_logger = logging.getLogger('gpvit.train')
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+    model: nn.Module  # the trained model, unwrapped (no DDP)
+    ema: Optional[nn.Module]  # the EMA model, if any
+    history: List[Dict[str, Any]] = field(default_factory=list)  # this process's records (rank 0: metrics.jsonl)
+    best: Optional[Dict[str, Any]] = None
+    output_dir: Optional[Path] = None
+    step: int = 0
+    epoch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(amp: str, device: torch.device, allow_cpu: bool = False):
+    """``torch.autocast`` for ``amp`` ('none', 'bf16', 'fp16') on ``device``; a null context where it does not
+    apply (CPU without ``allow_cpu``)."""
+    if amp == 'none':
+        return contextlib.nullcontext()
+    if device.type == 'cpu':
+        if amp == 'fp16':
+            raise ConfigError('train.amp: fp16 needs a CUDA device (use bf16, or none, on CPU)')
+        if not allow_cpu:
+            return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, '_orig_mod', model)  # torch.compile
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _check_tensorboard(cfg: Config) -> None:
+    if cfg.log.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError('log.tensorboard: needs the tensorboard package (pip install "gpvit[tensorboard]"), '
+                              'or set log.tensorboard=false') from None
+
+
+def _check_model_name(cfg: Config) -> None:
+    import timm
+    from .. import models  # noqa: F401  (registers the models)
+    if not timm.is_model(cfg.model.name):
+        from ..factory import list_models
+        raise ConfigError(f'model.name: unknown model {cfg.model.name!r}; this project has: '
+                          f'{", ".join(list_models())}')
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, resume: Optional[str], dist: DistContext, hooks: Dict[str, Callable]):
+        self.cfg, self.dist, self.hooks = cfg, dist, hooks
+        self.out = Path(cfg.output_dir)
+        self.resume_arg = resume
+
+    # -- setup -------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        t = cfg.train
+        if t.amp == 'fp16' and dist.device.type != 'cuda':
+            raise ConfigError('train.amp: fp16 needs a CUDA device (use bf16, or none, on CPU)')
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif dist.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        if not self.resume_arg and (self.out / 'last.pth').exists():
+            raise ConfigError(f'output_dir: {self.out} already holds a run (last.pth); continue it with '
+                              f'--resume auto, or choose another output_dir')
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self.log_handler = setup_logging(self.out, dist.is_main)
+        from ..tasks import get_task
+        self.task = get_task(cfg.task)(cfg, dist)
+
+        # Data first (it fixes the number of classes), then the model, seeded identically on every rank.
+        self.datasets = self.task.build_datasets()
+        seed_everything(t.seed)
+        model = self.task.build_model()
+        if cfg.model.grad_checkpointing:
+            if not hasattr(model, 'set_grad_checkpointing'):
+                raise ConfigError(f'model.grad_checkpointing: {cfg.model.name} does not support it')
+            model.set_grad_checkpointing(True)
+        if cfg.model.sync_bn and dist.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(dist.device)
+        if cfg.model.channels_last:
+            model.to(memory_format=torch.channels_last)
+        seed_everything(t.seed + dist.rank)
+
+        # Batch arithmetic and the linear lr scaling rule.
+        per_process = cfg.loader.batch_size * dist.world_size
+        if t.global_batch is not None:
+            if t.global_batch % per_process:
+                raise ConfigError(f'train.global_batch: {t.global_batch} is not a multiple of loader.batch_size x '
+                                  f'processes = {cfg.loader.batch_size} x {dist.world_size}')
+            self.accum = t.global_batch // per_process
+        else:
+            self.accum = t.accum_steps
+        self.global_batch = per_process * self.accum
+        self.lr = effective_lr(cfg, self.global_batch)
+
+        train_ds = self.datasets['train']
+        self.sampler = ResumableSampler(train_ds, dist.world_size, dist.rank, shuffle=True, seed=t.seed)
+        ld = cfg.loader
+        self.train_loader = build_train_loader(train_ds, ld.batch_size, self.sampler, ld.workers, ld.pin_memory,
+                                               ld.persistent_workers, ld.prefetch_factor,
+                                               self.task.collate_fn('train'))
+        self.val_loader = None
+        if 'val' in self.datasets:
+            self.val_loader = build_eval_loader(self.datasets['val'], ld.eval_batch_size or ld.batch_size,
+                                                dist.world_size, dist.rank, ld.workers, ld.pin_memory,
+                                                self.task.collate_fn('val'))
+        per_epoch = len(self.train_loader) // self.accum
+        epoch_based = t.epochs is not None
+        self.length = ScheduleLength(total=(t.epochs * per_epoch if epoch_based else t.iters), per_epoch=per_epoch,
+                                     epoch_based=epoch_based)
+        check_schedule(self.length)
+
+        self.optimizer = build_optimizer(model, cfg, self.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.length, self.lr)
+        self.scaler = torch.amp.GradScaler('cuda', enabled=t.amp == 'fp16')
+        self.autocast = lambda: autocast_context(t.amp, dist.device, t.amp_on_cpu)
+
+        self.model = model
+        if dist.distributed:
+            self.model = DistributedDataParallel(
+                model, device_ids=[dist.device.index] if dist.device.type == 'cuda' else None)
+        self.ema = None
+        if cfg.ema.enabled:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup,
+                                  device=torch.device('cpu') if cfg.ema.on_cpu else None)
+        if t.compile:
+            self.model = torch.compile(self.model)
+
+        self.ckpt = CheckpointManager(self.out, cfg.ckpt.keep_last)
+        self.metrics = MetricsLog(self.out, cfg.log.tensorboard, enabled=dist.is_main)
+        self.step = 0
+        self.epoch = 0
+        self.best: Optional[Dict[str, Any]] = None
+        self.history: List[Dict[str, Any]] = []
+        self.task.train_begin(_unwrap(self.model))
+        self._resume()
+        if dist.is_main:
+            (self.out / 'config.yaml').write_text(dump_config(cfg))
+        n_params = sum(p.numel() for p in model.parameters())
+        _logger.info('task %s, model %s (%s parameters), %d process(es) on %s', cfg.task, cfg.model.name,
+                     f'{n_params:,}', dist.world_size, dist.device)
+        _logger.info('data: %d training / %s validation samples; batch %d per process x %d process(es) x %d '
+                     'accumulation = global batch %d; lr %.3g%s', len(train_ds),
+                     len(self.datasets['val']) if 'val' in self.datasets else 0, cfg.loader.batch_size,
+                     dist.world_size, self.accum, self.global_batch, self.lr,
+                     f' (= {cfg.optim.lr:g} x {self.global_batch} / {cfg.optim.lr_scale_batch})'
+                     if cfg.optim.lr_scale_batch else '')
+        _logger.info('%d updates (%d per epoch), output in %s', self.length.total, per_epoch, self.out)
+
+    def _resume(self) -> None:
+        path = find_resume(self.resume_arg, self.out)
+        if path is None:
+            if self.resume_arg == 'auto':
+                _logger.info('resume auto: no checkpoint in %s, starting from scratch', self.out)
+            if self.dist.is_main and self.metrics.path.exists():
+                self.metrics.path.unlink()  # a fresh run starts a fresh log
+            self.scheduler.step_update(0)
+            return
+        state = load_training_checkpoint(path)
+        model = _unwrap(self.model)
+        model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        if self.ema is not None:
+            if 'model_ema' not in state:
+                raise ConfigError(f'ema.enabled: the checkpoint {path} has no EMA weights')
+            self.ema.module.load_state_dict(state['model_ema'])
+        self.step, self.epoch, self.best = state['step'], state['epoch'], state.get('best')
+        if state.get('iters_per_epoch') != self.length.per_epoch or state.get('global_batch') != self.global_batch:
+            _logger.warning('resuming with another data layout (updates per epoch %s -> %d, global batch %s -> %d): '
+                            'the run continues but will not reproduce an uninterrupted one',
+                            state.get('iters_per_epoch'), self.length.per_epoch, state.get('global_batch'),
+                            self.global_batch)
+        rng = state.get('rng') or []
+        if len(rng) == self.dist.world_size:
+            set_rng_state(rng[self.dist.rank])
+        else:
+            _logger.warning('checkpoint has RNG states of %d process(es), this run has %d: RNG reseeded',
+                            len(rng), self.dist.world_size)
+            seed_everything(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
+        self.scheduler.step_update(self.step)
+        if self.dist.is_main:
+            truncate_jsonl(self.metrics.path, self.step)
+        _logger.info('resumed from %s at epoch %d, update %d', path, self.epoch, self.step)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    def _state(self, metrics: Optional[Dict[str, float]]) -> Dict[str, Any]:
+        rng = all_gather_object(get_rng_state())  # collective: every rank calls it
+        state = {
+            'format': FORMAT, 'version': 1,
+            'model': _unwrap(self.model).state_dict(),
+            'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(),
+            'scaler': self.scaler.state_dict(),
+            'epoch': self.epoch, 'step': self.step,
+            'iters_per_epoch': self.length.per_epoch, 'global_batch': self.global_batch,
+            'rng': rng,
+            'best': self.best,
+            'metrics': metrics or {},
+            'model_spec': self.task.model_spec(),
+            'task': self.cfg.task,
+            'config': to_dict(self.cfg),
+        }
+        if self.ema is not None:
+            state['model_ema'] = self.ema.module.state_dict()
+        classes = getattr(self.task, 'classes', None)
+        if classes is not None:
+            state['classes'] = list(classes)
+        return state
+
+    def _save(self, metrics: Optional[Dict[str, float]], numbered: Optional[int], is_best: bool) -> None:
+        state = self._state(metrics)
+        if self.dist.is_main:
+            self.ckpt.save(state, numbered)
+            if is_best:
+                self.ckpt.save_best(state)
+        barrier()
+
+    # -- evaluation --------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> Dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        out = {}
+        models = [('val', _unwrap(self.model))]
+        if self.ema is not None and self.cfg.ema.eval:
+            models.append(('val_ema', self.ema.module))
+        for prefix, m in models:
+            was_training = m.training
+            m.eval()
+            with self.autocast():
+                metrics = self.task.evaluate(m, self.val_loader)
+            m.train(was_training)
+            if self.task.primary_metric not in metrics:
+                raise RuntimeError(f'{type(self.task).__name__}.evaluate() returned no {self.task.primary_metric!r}')
+            out.update({f'{prefix}_{k}': v for k, v in metrics.items()})
+        return out
+
+    def _primary(self, metrics: Dict[str, float]) -> Optional[float]:
+        key = f'val_ema_{self.task.primary_metric}' if f'val_ema_{self.task.primary_metric}' in metrics \
+            else f'val_{self.task.primary_metric}'
+        return metrics.get(key)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def _progress(self, total: int, desc: str):
+        from tqdm import tqdm
+        disable = True if not (self.dist.is_main and self.cfg.log.progress) else None  # None: only on a TTY
+        return tqdm(total=total, desc=desc, unit='it', disable=disable, dynamic_ncols=True, leave=False)
+
+    def run(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.train
+        length = self.length
+        per_epoch = length.per_epoch
+        model = self.model
+        unwrapped = _unwrap(model)
+        model.train()
+        if t.eval_at_start and self.step == 0:
+            m = self.evaluate()
+            _logger.info('before training: %s', _fmt(m))
+        period_sums: Dict[str, float] = {}
+        counts: Dict[str, float] = {}
+        period_start = time.time()
+        hook = self.hooks.get('after_step')
+        while self.step < length.total:
+            epoch = self.step // per_epoch
+            offset = self.step - epoch * per_epoch  # updates of this epoch already done (mid-epoch resume)
+            self.sampler.set_epoch(epoch)
+            self.sampler.set_start(offset * self.accum * cfg.loader.batch_size)
+            n_updates = min(per_epoch - offset, length.total - self.step)
+            bar = self._progress(n_updates, f'epoch {epoch + 1}' + (f'/{t.epochs}' if length.epoch_based else ''))
+            it = iter(self.train_loader)
+            for _ in range(n_updates):
+                grad_norm = self._update(it, period_sums, counts)
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(unwrapped, step=self.step if cfg.ema.warmup else None)
+                self.scheduler.step_update(self.step)
+                bar.update()
+                if self.step % t.log_interval == 0 or self.step == length.total:
+                    lr = self.optimizer.param_groups[0]['lr']
+                    loss = period_sums['loss'] / max(period_sums['n'], 1)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f'training loss is {loss} at update {self.step}: the run diverged '
+                                                 f'(lower optim.lr, set optim.clip_grad, or check the data)')
+                    bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.3g}')
+                    self.metrics.scalar('train/loss', loss, self.step)
+                    self.metrics.scalar('train/lr', lr, self.step)
+                    if bar.disable:
+                        _logger.info('update %d/%d (epoch %d): loss %.4f, lr %.3g%s', self.step, length.total,
+                                     epoch + 1, loss, lr, f', grad norm {grad_norm:.3g}' if grad_norm else '')
+                if not length.epoch_based and (self.step % t.eval_interval == 0 or self.step % cfg.ckpt.interval == 0
+                                               or self.step == length.total):
+                    self.epoch = self.step // per_epoch
+                    self._end_period(period_sums, counts, period_start)
+                    period_sums, counts, period_start = {}, {}, time.time()
+                if hook is not None:
+                    hook(self)
+            bar.close()
+            if length.epoch_based and self.step % per_epoch == 0:
+                self.epoch = self.step // per_epoch
+                self._end_period(period_sums, counts, period_start)
+                period_sums, counts, period_start = {}, {}, time.time()
+                if 'after_epoch' in self.hooks:
+                    self.hooks['after_epoch'](self)
+        return self._finish()
+
+    def _update(self, it, period_sums: Dict[str, float], counts: Dict[str, float]) -> Optional[float]:
+        """One optimiser update: ``accum`` micro-batches, backward, unscale / clip, step. Returns the gradient
+        norm before clipping (if clipping)."""
+        cfg = self.cfg
+        model = self.model
+        ddp = isinstance(model, DistributedDataParallel) or isinstance(getattr(model, '_orig_mod', None),
+                                                                        DistributedDataParallel)
+        for micro in range(self.accum):
+            batch = next(it)
+            sync = contextlib.nullcontext() if (not ddp or micro == self.accum - 1) else _unwrap_ddp(model).no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.task.train_step(model, batch)
+                self.scaler.scale(out.loss / self.accum).backward()
+            loss_val = out.loss.detach().float().item()
+            period_sums['loss'] = period_sums.get('loss', 0.) + loss_val * out.batch_size
+            period_sums['n'] = period_sums.get('n', 0) + out.batch_size
+            for k, v in out.logs.items():
+                period_sums[k] = period_sums.get(k, 0.) + float(v) * out.batch_size
+            for k, v in out.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        grad_norm = None
+        if cfg.optim.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(_unwrap(model).parameters(), cfg.optim.clip_grad).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _end_period(self, sums: Dict[str, float], counts: Dict[str, float], start: float) -> None:
+        """End of an epoch (or evaluation interval): reduce the training stats, evaluate, log, checkpoint."""
+        cfg, t = self.cfg, self.cfg.train
+        length = self.length
+        reduced = all_reduce_sum({**{f's_{k}': v for k, v in sums.items()}, **{f'c_{k}': v for k, v in counts.items()}},
+                                 self.dist.device)
+        n = max(reduced.get('s_n', 0.), 1.)
+        record: Dict[str, Any] = {'epoch': self.epoch, 'step': self.step, 'epoch_based': length.epoch_based,
+                                  'lr': self.optimizer.param_groups[0]['lr']}
+        for k, v in reduced.items():
+            if k.startswith('s_') and k != 's_n':
+                record[f'train_{k[2:]}'] = v / n
+            elif k.startswith('c_'):
+                record[f'train_{k[2:]}'] = int(v)
+        record['train_time_s'] = round(time.time() - start, 3)
+        unit = self.epoch if length.epoch_based else self.step
+        metrics: Dict[str, float] = {}
+        if unit % t.eval_interval == 0 or self.step == length.total:
+            t0 = time.time()
+            metrics = self.evaluate()
+            record.update(metrics)
+            record['eval_time_s'] = round(time.time() - t0, 3)
+        is_best = False
+        primary = self._primary(metrics)
+        if primary is not None and cfg.ckpt.save_best:
+            better = self.best is None or (primary > self.best['value'] if self.task.higher_is_better
+                                           else primary < self.best['value'])
+            if better:
+                self.best = {'metric': self.task.primary_metric, 'value': primary, 'step': self.step,
+                             'epoch': self.epoch}
+                is_best = True
+        skipped = record.get('train_skipped_images', 0) + int(metrics.get('val_skipped_images', 0))
+        if skipped:
+            _logger.warning('%d unreadable image(s) skipped this %s (train %d, val %d); see the warnings in the log',
+                            skipped, 'epoch' if length.epoch_based else 'interval',
+                            record.get('train_skipped_images', 0), int(metrics.get('val_skipped_images', 0)))
+        _logger.info('%s %d: %s', 'epoch' if length.epoch_based else 'update', unit, _fmt(record))
+        self.history.append(record)
+        self.metrics.write(record)
+        numbered = unit if unit % cfg.ckpt.interval == 0 or self.step == length.total else None
+        self._save(metrics, numbered, is_best)
+
+    def _finish(self) -> TrainResult:
+        cfg = self.cfg
+        if self.dist.is_main:
+            if cfg.log.curves:
+                try:
+                    path = plot_curves(self.metrics.records(), self.out / 'curves.png', self.task.primary_metric)
+                    if path:
+                        _logger.info('curves: %s', path)
+                except Exception as e:  # noqa: BLE001  (a plotting failure must not lose a finished run)
+                    _logger.warning('could not draw the curves: %s', e)
+            if self.best:
+                _logger.info('best %s %.4f at epoch %d (update %d): %s', self.best['metric'], self.best['value'],
+                             self.best['epoch'], self.best['step'], self.ckpt.best)
+        self.metrics.close()
+        return TrainResult(model=_unwrap(self.model), ema=self.ema.module if self.ema is not None else None,
+                           history=self.history, best=self.best, output_dir=self.out, step=self.step, epoch=self.epoch)
+
+    def close(self) -> None:
+        if getattr(self, 'log_handler', None) is not None:
+            logging.getLogger('gpvit').removeHandler(self.log_handler)
+            self.log_handler.close()
+
+
+def _unwrap_ddp(model):
+    model = getattr(model, '_orig_mod', model)
+    return model
+
+
+def _fmt(record: Dict[str, Any]) -> str:
+    parts = []
+    for k, v in record.items():
+        if k in ('epoch', 'step', 'epoch_based'):
+            continue
+        parts.append(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}')
+    return ', '.join(parts)
+
+
+def train(cfg: Config, resume: Optional[str] = None, device: Optional[str] = None,
+          hooks: Optional[Dict[str, Callable]] = None) -> TrainResult:
+    """Run a training configuration.
+
+    Args:
+        cfg: a validated :class:`Config` (see :func:`gpvit.engine.config.load_config`).
+        resume: ``'auto'`` (continue from ``output_dir/last.pth`` if it exists), a checkpoint path, or None.
+        device: ``'cuda'`` / ``'cpu'``; default CUDA if available.
+        hooks: optional callbacks ``after_step(trainer)`` / ``after_epoch(trainer)`` (tests, custom logging).
+
+    Under torchrun every process calls this; the process group is set up from the environment.
+    """
+    from ..tasks import get_task
+    _check_model_name(cfg)
+    _check_tensorboard(cfg)
+    get_task(cfg.task).preflight(cfg)
+    dist = init_distributed(device)
+    trainer = _Trainer(cfg, resume, dist, hooks or {})
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        trainer.close()
+        dist.close()
