@@ -132,6 +132,9 @@ class TrainConfig:
     accum_steps: int = checked(1, _positive, '> 0')
     amp: Literal['none', 'bf16', 'fp16'] = 'none'  # fp16 needs CUDA (GradScaler); bf16 works on CPU too
     amp_on_cpu: bool = False  # allow amp='bf16' on CPU (otherwise CPU runs in fp32)
+    # Under DDP each process updates its own BatchNorm statistics; before every evaluation and checkpoint they
+    # are averaged over the processes ('reduce', timm) or copied from rank 0 ('broadcast', mmcv), also in the EMA.
+    dist_bn: Literal['reduce', 'broadcast'] = 'reduce'
     eval_interval: int = checked(1, _positive, '> 0')  # in the run's unit
     eval_at_start: bool = False
     log_interval: int = checked(50, _positive, '> 0')  # iterations between log lines

@@ -167,7 +167,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, length: Sched
         return wrap(PolyLRScheduler)(optimizer, t_initial=decay_t, power=s.power, lr_min=min_lr, cycle_limit=1,
                                      **common)
     if s.name == 'step':
-        milestones = [length.to_iters(m) for m in s.milestones]
+        # timm decays once t + 1 reaches a milestone; update t (0-based) should decay once t reaches it (mmcv).
+        milestones = [length.to_iters(m) + 1 for m in s.milestones]
         if s.warmup_mode == 'linear':
             common['warmup_prefix'] = False
         return wrap(MultiStepLRScheduler)(optimizer, decay_t=milestones, decay_rate=s.gamma, **common)

@@ -398,6 +398,7 @@ class _Trainer:
         """End of an epoch (or evaluation interval): reduce the training stats, evaluate, log, checkpoint."""
         cfg, t = self.cfg, self.cfg.train
         length = self.length
+        self._sync_bn_stats()
         reduced = all_reduce_sum({**{f's_{k}': v for k, v in sums.items()}, **{f'c_{k}': v for k, v in counts.items()}},
                                  self.dist.device)
         n = max(reduced.get('s_n', 0.), 1.)
@@ -435,6 +436,16 @@ class _Trainer:
         self.metrics.write(record)
         numbered = unit if unit % cfg.ckpt.interval == 0 or self.step == length.total else None
         self._save(metrics, numbered, is_best)
+
+    def _sync_bn_stats(self) -> None:
+        """Make BatchNorm running statistics (model and EMA) identical on every process."""
+        if not self.dist.distributed:
+            return
+        from timm.utils import distribute_bn
+        reduce = self.cfg.train.dist_bn == 'reduce'
+        distribute_bn(_unwrap(self.model), self.dist.world_size, reduce)
+        if self.ema is not None and not self.cfg.ema.on_cpu:
+            distribute_bn(self.ema.module, self.dist.world_size, reduce)
 
     def _finish(self) -> TrainResult:
         cfg = self.cfg

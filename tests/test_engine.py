@@ -1,0 +1,166 @@
+"""Engine pieces: lr schedules, parameter groups, checkpoint files, mixed precision, TensorBoard, curves."""
+import json
+import math
+
+import pytest
+import torch
+
+import gpvit
+from gpvit.engine import train
+from gpvit.engine.config import ConfigError, build_config, load_config
+from gpvit.engine.logs import plot_curves
+from gpvit.engine.optim import ScheduleLength, build_optimizer, build_scheduler, lr_at, param_groups
+from gpvit.engine.state import CheckpointManager, find_resume
+from test_config import CONFIGS
+from trainkit import make_image_folder, tiny_config
+
+
+def _sched(overrides, per_epoch=10, epochs=None, iters=None, lr=1.0):
+    raw = {'train': {'epochs': epochs, 'iters': iters}, 'optim': {'lr': lr}}
+    from gpvit.engine.config import apply_overrides
+    cfg = build_config(apply_overrides(raw, overrides))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    length = ScheduleLength(total=epochs * per_epoch if epochs else iters, per_epoch=per_epoch,
+                            epoch_based=epochs is not None)
+    return build_scheduler(opt, cfg, length, lr), opt
+
+
+def test_gpvit_schedule_is_mmcv_cosine_with_scaled_warmup():
+    """mmcv CosineAnnealing(min_lr_ratio=1e-2, by_epoch=False) + linear warmup 15 epochs, ratio 1e-3."""
+    per_epoch, epochs, lr = 20, 300, 2e-3
+    cfg = load_config(CONFIGS / 'gpvit_l1_in1k.yaml')
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    s = build_scheduler(opt, cfg, ScheduleLength(epochs * per_epoch, per_epoch, True), lr)
+    total, warm = epochs * per_epoch, 15 * per_epoch
+
+    def mmcv(t):
+        regular = lr * 1e-2 + (lr - lr * 1e-2) * (1 + math.cos(math.pi * t / total)) / 2
+        if t < warm:
+            return regular * (1 - (1 - 1e-3) * (1 - t / warm))
+        return regular
+    for t in (0, 1, 150, 299, 300, 301, 3000, 5999):
+        assert math.isclose(lr_at(s, t), mmcv(t), rel_tol=1e-12), t
+    assert math.isclose(lr_at(s, 0), 2e-6, rel_tol=1e-9)
+    s.step_update(300)
+    assert math.isclose(opt.param_groups[0]['lr'], mmcv(300), rel_tol=1e-12)
+
+
+def test_gcvit_schedule_is_timm_cosine_with_cooldown():
+    """timm CosineLRScheduler per iteration over 310 epochs, warmup 20 epochs from 1e-6, then 10 at min_lr."""
+    per_epoch = 10
+    cfg = load_config(CONFIGS / 'gc_vit_tiny_in1k.yaml')
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-3)
+    s = build_scheduler(opt, cfg, ScheduleLength(320 * per_epoch, per_epoch, True), 5e-3)
+    assert math.isclose(lr_at(s, 0), 1e-6)
+    assert math.isclose(lr_at(s, 100), 1e-6 + (5e-3 - 1e-6) * 100 / 200)
+    t = 1000
+    assert math.isclose(lr_at(s, t), 5e-6 + (5e-3 - 5e-6) * (1 + math.cos(math.pi * t / 3100)) / 2)
+    assert lr_at(s, 3100) == lr_at(s, 3199) == 5e-6
+
+
+def test_poly_step_and_constant_schedules():
+    s, _ = _sched(['sched.name=poly', 'sched.power=1.0', 'sched.warmup_iters=10', 'sched.warmup_ratio=1e-6',
+                   'sched.warmup_mode=scaled'], iters=100)
+    assert math.isclose(lr_at(s, 50), 0.5) and math.isclose(lr_at(s, 5), 0.95 * (1 - (1 - 1e-6) * 0.5))
+    s, _ = _sched(['sched.name=step', 'sched.milestones=[8, 11]', 'sched.warmup_iters=5', 'sched.warmup_ratio=0.001'],
+                  epochs=12, per_epoch=10)
+    assert math.isclose(lr_at(s, 0), 1e-3) and lr_at(s, 79) == 1.0
+    assert math.isclose(lr_at(s, 80), 0.1) and math.isclose(lr_at(s, 110), 0.01)
+    s, _ = _sched(['sched.name=constant', 'sched.warmup_epochs=1'], epochs=3)
+    assert lr_at(s, 0) == 0. and lr_at(s, 10) == lr_at(s, 29) == 1.0
+    with pytest.raises(ConfigError, match=r'^sched\.warmup_iters: the warmup \(100 updates\) must be shorter'):
+        _sched(['sched.warmup_iters=100'], iters=100)
+
+
+def test_param_groups_follow_the_gpvit_recipe():
+    model = gpvit.create_model('gpvit_l1')
+    groups = param_groups(model, 0.05)
+    no_decay = {n for g in groups if g['weight_decay'] == 0 for n in g['names']}
+    decay = {n for g in groups if g['weight_decay'] > 0 for n in g['names']}
+    assert {'pos_embed', 'blocks.1.group_token', 'attn_pool.query', 'norm.weight', 'head.bias',
+            'patch_embed.stem.bn.weight', 'blocks.0.norm1.weight'} <= no_decay
+    dw = [n for n, p in model.named_parameters() if p.ndim == 4 and p.shape[1] == 1]
+    assert dw and set(dw) <= decay  # depthwise conv weights are decayed (mmcls norm/bias rules only)
+    assert all(p.ndim > 1 for g in groups if g['weight_decay'] > 0 for p in g['params'])
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    # lr multipliers by name (e.g. a segmentation head's x10) land in timm's lr_scale
+    mult = param_groups(model, 0.05, lr_mult={'head': 10.0})
+    assert {g['lr_scale'] for g in mult} == {1.0, 10.0}
+    assert all(n.startswith('head') for g in mult if g['lr_scale'] == 10.0 for n in g['names'])
+    # the GC ViT recipe ignores the model's no_weight_decay(): only 1-D parameters skip decay
+    plain = param_groups(model, 0.05, no_decay_from_model=False)
+    assert 'pos_embed' in {n for g in plain if g['weight_decay'] > 0 for n in g['names']}
+    cfg = load_config(CONFIGS / 'gpvit_l1_in1k.yaml')
+    opt = build_optimizer(model, cfg, 2e-3)
+    assert type(opt).__name__ == 'AdamW' and all(g['lr'] == 2e-3 for g in opt.param_groups)
+
+
+def test_checkpoint_manager_keeps_last_n_and_never_truncates(tmp_path, monkeypatch):
+    m = CheckpointManager(tmp_path, keep_last=2)
+    for n in range(1, 5):
+        m.save({'step': torch.tensor(n)}, number=n)
+    assert [p.name for p in m.numbered()] == ['checkpoint-000003.pth', 'checkpoint-000004.pth']
+    assert torch.load(m.last, weights_only=True)['step'] == 4
+
+    def crash(obj, path):
+        with open(path, 'wb') as f:
+            f.write(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError, match='disk full'):
+        m.save({'step': torch.tensor(5)}, number=5)
+    monkeypatch.undo()
+    assert torch.load(m.last, weights_only=True)['step'] == 4  # the previous resume point is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-000003.pth', 'checkpoint-000004.pth',
+                                                          'last.pth']
+    assert find_resume('auto', tmp_path) == m.last and find_resume('auto', tmp_path / 'x') is None
+    with pytest.raises(FileNotFoundError):
+        find_resume(str(tmp_path / 'missing.pth'), tmp_path)
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('data'), classes=2, per_class=8, val_per_class=2, corrupt=False)
+
+
+def test_bf16_autocast_on_cpu_trains(folder, tmp_path):
+    cfg = tiny_config(folder['root'], tmp_path / 'run', train={'epochs': 1, 'amp': 'bf16', 'amp_on_cpu': True},
+                      sched={'warmup_iters': 1})
+    seen = []
+    orig = cfg.task
+
+    def hook(trainer):
+        x = torch.randn(2, 3, 32, 32)
+        with trainer.autocast():
+            seen.append(trainer.model(x).dtype)
+    result = train(cfg, hooks={'after_step': hook})
+    assert orig == 'classification' and seen and all(d == torch.bfloat16 for d in seen)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # master weights stay fp32
+    with pytest.raises(ConfigError, match='fp16 needs a CUDA device'):
+        train(tiny_config(folder['root'], tmp_path / 'run16', train={'epochs': 2, 'amp': 'fp16'}), device='cpu')
+
+
+def test_tensorboard_logging_or_a_clear_error(folder, tmp_path):
+    cfg = tiny_config(folder['root'], tmp_path / 'run', train={'epochs': 2}, log={'tensorboard': True})
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r'^log\.tensorboard: needs the tensorboard package'):
+            train(cfg)
+        assert not (tmp_path / 'run').exists()
+        return
+    train(cfg)
+    events = list((tmp_path / 'run' / 'tensorboard').glob('events.out.tfevents.*'))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_curves_png(tmp_path):
+    recs = [{'epoch': e, 'step': 10 * e, 'lr': 1e-3 / e, 'train_loss': 2. / e, 'val_loss': 2.5 / e,
+             'val_top1': 10. * e, 'val_ema_top1': 9. * e} for e in range(1, 6)]
+    path = plot_curves(recs, tmp_path / 'curves.png')
+    data = path.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
+    from PIL import Image
+    assert Image.open(path).size == (1500, 400)
+    assert plot_curves([], tmp_path / 'none.png') is None
+    json.dumps(recs)
