@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every model in timm's registry."""
+from .gcvit import GCViT
 from .gpvit import GPViT
 from .layers import attention, merge_heads, split_heads, window_partition, window_reverse
 
-__all__ = ['GPViT', 'attention', 'merge_heads', 'split_heads', 'window_partition', 'window_reverse']
+__all__ = ['GCViT', 'GPViT', 'attention', 'merge_heads', 'split_heads', 'window_partition', 'window_reverse']
