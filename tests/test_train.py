@@ -111,3 +111,26 @@ def test_wrong_folder_layout_is_a_clear_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert 'holds 1 image files but no class folders' in err and '<class>/<image>' in err
+
+
+@pytest.mark.skipif('gc_vit_xxtiny' not in gpvit.list_models(), reason='the GC ViT models are not in this tree yet')
+def test_gcvit_recipe_runs_through_the_same_engine(tmp_path):
+    """configs/gc_vit_xxtiny_in1k.yaml (EMA, Mixup/CutMix, RandAugment, random interpolation, clipping 5), shrunk to
+    64 px, two epochs on a tiny folder."""
+    data = make_image_folder(tmp_path / 'data', classes=2, per_class=4, val_per_class=2, size=72, corrupt=False)
+    from gpvit.engine import load_config
+    from test_config import CONFIGS
+    out = tmp_path / 'run'
+    cfg = load_config(CONFIGS / 'gc_vit_xxtiny_in1k.yaml', [
+        f'data.root={data["root"]}', f'output_dir={out}', 'data.img_size=64', 'model.kwargs.img_size=64',
+        'data.num_classes=null', 'loader.batch_size=4', 'loader.workers=0', 'train.global_batch=null',
+        'train.amp=none', 'train.epochs=2', 'train.threads=1', 'sched.warmup_epochs=1', 'sched.cooldown_epochs=0',
+        'log.progress=false'])
+    result = train(cfg)
+    recs = _records(out)
+    assert len(recs) == 2 and 'val_ema_top1' in recs[-1] and result.ema is not None
+    assert result.best['value'] == max(r['val_ema_top1'] for r in recs)  # best follows the EMA
+    ckpt = torch.load(out / 'last.pth', weights_only=True)
+    assert ckpt['model_spec'] == {'name': 'gc_vit_xxtiny', 'kwargs': {'img_size': 64, 'num_classes': 2}}
+    model = gpvit.create_model('gc_vit_xxtiny', checkpoint=out / 'last.pth', use_ema=True, **ckpt['model_spec']['kwargs'])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), result.ema.state_dict().values()))
