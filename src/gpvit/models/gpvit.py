@@ -38,7 +38,7 @@ from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
 from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import attention, check_image_input, split_heads, window_partition, window_reverse
+from .layers import attention, check_image_input, pad_amount, split_heads, window_partition
 
 _logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ConvPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(self.stem(x))
         H, W = x.shape[-2:]
-        x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        x = F.pad(x, (0, pad_amount(W, 4), 0, pad_amount(H, 4)))
         return self.proj(x).permute(0, 2, 3, 1)
 
 
@@ -138,7 +138,7 @@ class LePEAttention(nn.Module):
         B, H, W, C = x.shape
         sw, D = self.stripe_width, C // 2
         qkv = self.qkv(x)
-        pad_h, pad_w = (-H) % sw, (-W) % sw
+        pad_h, pad_w = pad_amount(H, sw), pad_amount(W, sw)
         mask_v = mask_h = None
         if pad_h or pad_w:
             qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))

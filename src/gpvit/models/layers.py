@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-__all__ = ['split_heads', 'merge_heads', 'attention', 'window_partition', 'window_reverse', 'Mlp',
+__all__ = ['split_heads', 'merge_heads', 'attention', 'window_partition', 'window_reverse', 'pad_amount', 'Mlp',
            'check_image_input']
 
 
@@ -60,6 +60,15 @@ def attention(
         attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
     )
     return merge_heads(out)
+
+
+def pad_amount(size, multiple: int):
+    """How much to add to ``size`` to reach a multiple of ``multiple``.
+
+    Written with floor division rather than ``%``: symbolic sizes under ``torch.compile(dynamic=True)`` and
+    ONNX export trace floor division cleanly, the modulo of a negative number less so.
+    """
+    return (size + multiple - 1) // multiple * multiple - size
 
 
 def window_partition(x: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
