@@ -179,3 +179,16 @@ def test_augmentation_is_a_function_of_seed_epoch_index(folder):
     ds2 = SeededDataset(ds)
     x1, x2 = ds2[(0, 11)][0], ds2[(0, 12)][0]
     assert not torch.equal(x1, x2) and torch.equal(x1, ds2[(0, 11)][0])
+
+
+def test_randaugment_posterize_at_full_magnitude_does_not_crash():
+    """rand-m9-mstd0.5-inc1 can draw magnitude 10, i.e. posterize to 0 bits, which Pillow >= 11 rejects."""
+    tf = train_transform(32, auto_augment='rand-m9-mstd0.5-inc1')
+    ra = next(t for t in tf.transforms if hasattr(t, 'ops'))
+    op = next(o for o in ra.ops if o.name == 'PosterizeIncreasing')
+    op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+    img = class_image(1, np.random.RandomState(0), 40)
+    out = op(img)
+    assert out.size == img.size and out.getextrema() == ((0, 0), (0, 0), (0, 0))  # 0 bits kept: black
+    op.magnitude = 5
+    assert op(img).getextrema() != ((0, 0), (0, 0), (0, 0))
