@@ -1,7 +1,7 @@
 """Quickstart: train a small GPViT on scikit-learn's bundled handwritten digits, then evaluate it.
 
 1. Writes the digits once as an ImageFolder cache (``.cache/digits/{train,val}/<digit>/*.png``, 32x32 PNGs,
-   a fixed 80 / 20 split: 1,437 training and 360 held-out images).
+   a fixed 80 / 20 split: 1,438 training and 359 held-out images).
 2. Trains ``gpvit_mini`` with ``configs/quickstart_digits.yaml`` through the normal pipeline (the same engine
    as ``gpvit train``), saving checkpoints, ``metrics.jsonl`` and ``curves.png`` in ``outputs/quickstart_digits``.
 3. Evaluates the final checkpoint on the held-out split (as ``gpvit eval`` does).
