@@ -112,6 +112,7 @@ def register_task(cls: Type[Task]) -> Type[Task]:
 
 def _load_builtin() -> None:
     from . import classification  # noqa: F401  (registers itself)
+    from . import segmentation  # noqa: F401
 
 
 def get_task(name: str) -> Type[Task]:

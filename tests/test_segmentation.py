@@ -1,0 +1,310 @@
+"""Semantic segmentation: ADE20K-format data, heads, segmentors, mIoU, training through the engine, resume."""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import gpvit
+from gpvit.data.ade import ADE20KDataset, SegEvalTransform, SegTrainTransform, collate_seg
+from gpvit.engine import train
+from gpvit.engine.config import ConfigError, build_config
+from gpvit.engine.evaluator import evaluate_checkpoint
+from gpvit.models.heads import SegFormerHead, UperNetHead
+from gpvit.models.segmentor import Segmentor
+from gpvit.tasks.segmentation import MIoUEvaluator
+from trainkit import state_equal
+
+NUM_CLASSES = 3
+TINY = dict(backbone='gpvit_mini', embed_dim=48, img_size=32)  # a reduced gpvit_mini
+
+
+def shapes_sample(rng: np.random.RandomState, size: int = 64):
+    """An image of simple shapes and its exact ADE label map (0 = other/ignored, 1 = background, 2 = rectangle,
+    3 = disc)."""
+    label = np.ones((size, size), np.uint8)
+    y, x = rng.randint(4, size // 2, size=2)
+    h, w = rng.randint(size // 5, size // 2, size=2)
+    label[y:y + h, x:x + w] = 2
+    cy, cx, r = rng.randint(size // 4, 3 * size // 4), rng.randint(size // 4, 3 * size // 4), rng.randint(5, 12)
+    yy, xx = np.mgrid[:size, :size]
+    label[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 3
+    label[:, :2] = 0  # an "other" strip, ignored after reduce_zero_label
+    colours = np.array([[0, 0, 0], [30, 30, 30], [230, 40, 40], [40, 40, 230]], np.uint8)
+    img = colours[label] + rng.randint(0, 20, size=(size, size, 3)).astype(np.uint8)
+    return Image.fromarray(img), Image.fromarray(label, 'L')
+
+
+def make_ade(root: Path, n_train: int = 4, n_val: int = 2, broken: bool = True, seed: int = 0) -> Path:
+    """``root/images/{training,validation}/*.jpg`` + ``root/annotations/.../*.png``. With ``broken``: a training
+    image without a label map, a corrupt training image, and a validation label with out-of-range values."""
+    rng = np.random.RandomState(seed)
+    for split, n in (('training', n_train), ('validation', n_val)):
+        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+        (root / 'annotations' / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, label = shapes_sample(rng)
+            img.save(root / 'images' / split / f'{split}_{i:03d}.jpg', quality=95)
+            label.save(root / 'annotations' / split / f'{split}_{i:03d}.png')
+    if broken:
+        img, _ = shapes_sample(rng)
+        img.save(root / 'images' / 'training' / 'zz_no_label.jpg')
+        (root / 'images' / 'training' / 'zz_corrupt.jpg').write_bytes(b'not a jpeg' * 20)
+        shapes_sample(rng)[1].save(root / 'annotations' / 'training' / 'zz_corrupt.png')
+        img, label = shapes_sample(rng)
+        lab = np.array(label)
+        lab[10:14, 10:14] = 200  # out of range for 3 classes
+        img.save(root / 'images' / 'validation' / 'zz_bad_values.jpg', quality=95)
+        Image.fromarray(lab).save(root / 'annotations' / 'validation' / 'zz_bad_values.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def ade(tmp_path_factory):
+    return make_ade(tmp_path_factory.mktemp('ade'))
+
+
+def seg_raw(root: Path, out: Path, model: str = 'upernet', **model_kwargs):
+    kwargs = dict(TINY, channels=32, **model_kwargs)
+    if model == 'upernet':
+        kwargs.setdefault('aux_channels', 16)
+    return {
+        'task': 'segmentation',
+        'output_dir': str(out),
+        'model': {'name': model, 'kwargs': kwargs},
+        'data': {'root': str(root), 'num_classes': NUM_CLASSES,
+                 'train_aug': {'scale': [96, 64], 'ratio_range': [0.75, 1.25], 'crop_size': [48, 48]},
+                 'test_scale': [64, 64]},
+        'loader': {'batch_size': 2, 'workers': 0, 'persistent_workers': False},
+        'optim': {'lr': 1e-3, 'weight_decay': 0.01},
+        'sched': {'name': 'poly', 'warmup_iters': 1, 'warmup_ratio': 0.1, 'warmup_mode': 'scaled'},
+        'train': {'iters': 4, 'eval_interval': 2, 'log_interval': 1, 'seed': 0, 'threads': 1},
+        'ckpt': {'interval': 2, 'keep_last': 2},
+        'log': {'progress': False, 'curves': False},
+    }
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+
+def test_dataset_labels_and_broken_samples(ade, caplog):
+    ds = ADE20KDataset(ade, 'training', NUM_CLASSES, transform=None, on_error='substitute')
+    assert len(ds) == 5 and ds.missing_labels == 1  # zz_no_label left out, counted
+    s = ds[0]
+    label = np.array(Image.open(ade / 'annotations' / 'training' / 'training_000.png'))
+    expected = np.where(label == 0, 255, label.astype(np.int64) - 1)
+    assert (s['label'] == expected).all() and s['skipped'] == 0
+    with caplog.at_level(logging.WARNING):
+        s = ds[4]  # the corrupt image: replaced by the next usable sample, counted
+    assert s['skipped'] == 1 and s['name'] == 'training_000.jpg' and 'zz_corrupt' in caplog.text
+    ev = ADE20KDataset(ade, 'validation', NUM_CLASSES, transform=SegEvalTransform((64, 64)), on_error='skip')
+    bad = ev[len(ev) - 1]
+    assert bad['clipped'] == 16 and (bad['label'][10:14, 10:14] == 255).all()
+    assert int(bad['label'][bad['label'] != 255].max()) < NUM_CLASSES
+    skip = ADE20KDataset(ade, 'training', NUM_CLASSES, on_error='skip')[4]
+    assert skip['image'] is None and skip['skipped'] == 1
+    batch = collate_seg([skip, ev[0]])
+    assert batch['skipped'] == 1 and batch['images'].shape == (1, 3, 64, 64) and batch['labels'].shape == (1, 64, 64)
+
+
+def test_train_transform_shapes_and_padding():
+    import random
+    random.seed(0)
+    rng = np.random.RandomState(1)
+    img, label = shapes_sample(rng, 64)
+    lab = np.array(label).astype(np.int64)
+    t = SegTrainTransform(scale=(48, 32), ratio_range=(1.0, 1.0), crop_size=(40, 40), cat_max_ratio=0.75)
+    x, y = t(img, lab.astype(np.uint8))
+    # rescaled to 32x32 (short side 32), padded to the 40x40 crop with 0 (image) and 255 (label)
+    assert x.shape == (3, 40, 40) and y.shape == (40, 40)
+    assert (y[32:] == 255).all() and (y[:, 32:] == 255).all() and (x[:, 32:] == 0).all()
+    assert set(np.unique(y[:32, :32].numpy())) <= {0, 1, 2, 3}
+    t = SegTrainTransform(scale=(256, 128), ratio_range=(1.0, 1.0), crop_size=(32, 32), photometric=True)
+    for _ in range(5):
+        x, y = t(img, lab.astype(np.uint8))
+        assert x.shape == (3, 32, 32) and y.shape == (32, 32)
+        _, counts = np.unique(y[y != 255].numpy(), return_counts=True)
+        assert counts.max() / counts.sum() < 0.75 or len(counts) == 1  # cat_max_ratio honoured when possible
+    ev = SegEvalTransform(scale=(100, 50), size_divisor=32)
+    x, y = ev(Image.new('RGB', (120, 60)), np.zeros((60, 120), np.uint8))
+    assert x.shape == (3, 64, 128) and y.shape == (60, 120)  # 100x50, rounded up to multiples of 32
+
+
+# -- metric --------------------------------------------------------------------------------------------------
+
+def test_miou_ground_truth_is_one_and_known_value(ade):
+    ds = ADE20KDataset(ade, 'validation', NUM_CLASSES, transform=SegEvalTransform((64, 64)), on_error='skip')
+    ev = MIoUEvaluator(NUM_CLASSES)
+    for i in range(len(ds)):
+        label = ds[i]['label']
+        ev.update(label.clone(), label)  # 255 pixels predicted as 255: ignored anyway
+    m = ev.compute()
+    assert m['mIoU'] == 1.0 and m['aAcc'] == 1.0 and m['mAcc'] == 1.0 and m['images'] == len(ds)
+
+    ev = MIoUEvaluator(4)
+    label = torch.tensor([[0, 0, 1, 255], [1, 1, 2, 2]])
+    pred = torch.tensor([[0, 1, 1, 3], [1, 1, 2, 0]])
+    ev.update(pred, label)
+    # class 0: tp 1, union 3; class 1: tp 3, union 4; class 2: tp 1, union 2; class 3: absent -> left out
+    m = ev.compute()
+    assert m['mIoU'] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+    assert m['aAcc'] == pytest.approx(5 / 7)
+    with pytest.raises(ValueError, match='differ'):
+        ev.update(pred, label[:, :3])
+
+
+# -- heads and segmentors ------------------------------------------------------------------------------------
+
+def test_heads_shapes_multiscale():
+    feats = [torch.randn(2, c, s, s) for c, s in ((16, 16), (24, 8), (32, 4), (40, 2))]
+    up = UperNetHead([16, 24, 32, 40], 5, channels=8)
+    assert up(feats).shape == (2, 5, 16, 16)
+    sf = SegFormerHead([16, 24, 32, 40], 5, channels=8, proj_norm=False)
+    assert sf(feats).shape == (2, 5, 16, 16)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sf.proj.modules())
+
+
+class _Pointwise(Segmentor):
+    """A per-pixel segmentor: sliding-window inference must equal whole-image inference."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.num_classes = 4
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, images, labels=None):
+        return self.conv(images)
+
+
+def test_slide_inference_equals_whole_for_pointwise_model():
+    m = _Pointwise().eval()
+    x = torch.randn(1, 3, 50, 70)
+    whole = m.inference(x, 'whole')
+    slide = m.inference(x, 'slide', crop_size=(32, 32), stride=(20, 20))
+    torch.testing.assert_close(slide, whole)
+    assert m.inference(x, 'slide', (32, 32), (20, 20), out_size=(25, 35)).shape == (1, 4, 25, 35)
+    with pytest.raises(ValueError, match='mode'):
+        m.inference(x, 'tiles')
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('upernet', dict(TINY, channels=32, aux_channels=16)),
+    ('segformer', dict(TINY, channels=32)),
+    ('upernet', dict(backbone='gc_vit_xxtiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+                     window_size=4, channels=16, aux_channels=8)),
+])
+def test_few_iterations_reduce_the_loss(ade, name, kwargs):
+    torch.manual_seed(0)
+    model = gpvit.create_model(name, num_classes=NUM_CLASSES, **kwargs)
+    ds = ADE20KDataset(ade, 'training', NUM_CLASSES, transform=SegEvalTransform((64, 64)), on_error='skip')
+    batch = collate_seg([ds[i] for i in range(3)])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        out = model(batch['images'], batch['labels'])
+        assert set(out) == ({'loss_decode', 'loss_aux'} if name == 'upernet' else {'loss_decode'})
+        loss = sum(out.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0], losses  # from chance level, steadily down
+    model.eval()
+    assert model(batch['images']).shape == (3, NUM_CLASSES, 64, 64)
+
+
+def test_backbone_from_classification_checkpoint(tmp_path):
+    cls = gpvit.create_model('gpvit_mini', num_classes=10, embed_dim=48, img_size=32, global_pool='group')
+    path = tmp_path / 'cls.pth'
+    torch.save({'state_dict': cls.state_dict()}, path)
+    seg = gpvit.create_model('segformer', backbone='gpvit_mini', embed_dim=48, img_size=32, num_classes=3,
+                             backbone_checkpoint=str(path))
+    body = seg.backbone.body
+    torch.testing.assert_close(body.pos_embed, cls.pos_embed)
+    torch.testing.assert_close(body.blocks[3].attn.qkv.weight, cls.blocks[3].attn.qkv.weight)
+    assert sorted(body.out_norms) == ['1', '2', '3']  # block 5, the last, uses the final norm
+    # same keys as the features_only model of the backbone
+    ref = gpvit.create_model('gpvit_mini', embed_dim=48, img_size=32, features_only=True, out_indices=(1, 2, 3, 5))
+    assert set(ref.model.state_dict()) == set(body.state_dict())
+    with pytest.raises(ValueError, match='out_indices'):
+        gpvit.create_model('upernet', backbone='gpvit_mini', out_indices=(1, 9))
+
+
+# -- the engine ----------------------------------------------------------------------------------------------
+
+def test_config_errors(ade, tmp_path):
+    raw = seg_raw(ade, tmp_path / 'x')
+    raw['model']['kwargs']['num_classes'] = 5
+    with pytest.raises(ConfigError, match='num_classes'):
+        build_config(raw)
+    raw = seg_raw(ade, tmp_path / 'x')
+    raw['data']['train_aug']['ratio_range'] = [2.0, 1.0]
+    with pytest.raises(ConfigError, match='ratio_range'):
+        build_config(raw)
+    raw = seg_raw(ade, tmp_path / 'x')
+    raw['data']['inference'] = 'tile'
+    with pytest.raises(ConfigError, match='data.inference'):
+        build_config(raw)
+
+
+@pytest.mark.parametrize('model', ['upernet', 'segformer'])
+def test_engine_train_eval_and_gpvit_eval(ade, tmp_path, model):
+    out = tmp_path / 'run'
+    raw = seg_raw(ade, out, model)
+    if model == 'segformer':
+        raw['optim']['lr_mult'] = {'decode_head': 10.0}
+        raw['data']['inference'] = 'slide'
+        raw['data']['slide_crop'] = [48, 48]
+        raw['data']['slide_stride'] = [32, 32]
+    cfg = build_config(raw)
+    result = train(cfg)
+    assert result.step == 4
+    recs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in recs] == [2, 4]
+    last = recs[-1]
+    assert 0 <= last['val_mIoU'] <= 1 and last['val_images'] == 3 and last['val_clipped_labels'] == 16
+    assert recs[0]['train_skipped_images'] + recs[1]['train_skipped_images'] >= 0
+    assert 'train_loss_decode' in last
+    ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=True)
+    assert ckpt['model_spec']['name'] == model and ckpt['task'] == 'segmentation'
+    metrics = evaluate_checkpoint(cfg, out / 'last.pth', device='cpu')
+    assert metrics['mIoU'] == pytest.approx(last['val_mIoU'])
+
+
+def test_resume_is_bit_exact(ade, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(trainer):
+        if trainer.step == 3:
+            raise Killed
+
+    ref = tmp_path / 'ref'
+    train(build_config(seg_raw(ade, ref)))
+    run = tmp_path / 'run'
+    with pytest.raises(Killed):
+        train(build_config(seg_raw(ade, run)), hooks={'after_step': kill})
+    assert torch.load(run / 'last.pth', weights_only=True)['step'] == 2
+    train(build_config(seg_raw(ade, run)), resume='auto')
+    a = torch.load(ref / 'last.pth', map_location='cpu', weights_only=True)
+    b = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
+    assert a['step'] == b['step'] == 4
+    assert state_equal(a['model'], b['model']) is None
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / 'configs' / 'segmentation'
+    from gpvit.engine.config import load_config
+    for v in (1, 2, 3, 4):
+        for head in ('upernet', 'segformer'):
+            cfg = load_config(root / f'gpvit_l{v}_{head}.yaml')
+            assert cfg.task == 'segmentation' and cfg.model.name == head
+            assert cfg.model.kwargs['backbone'] == f'gpvit_l{v}'
+            assert cfg.train.iters == 160000 and cfg.sched.name == 'poly' and cfg.sched.warmup_iters == 1500
+            assert cfg.optim.lr == pytest.approx(1.2e-4) and cfg.optim.weight_decay == 0.01
+            assert cfg.model.kwargs['drop_path_rate'] == (0.1 if v <= 2 else 0.2)
+            assert (cfg.optim.lr_mult == {'decode_head': 10.0}) == (head == 'segformer')
