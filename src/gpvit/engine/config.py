@@ -151,7 +151,7 @@ class EmaConfig:
     decay: float = checked(0.9998, lambda v: 0 < v < 1, 'in (0, 1)')
     warmup: bool = False  # timm's decay warmup
     eval: bool = True  # evaluate the EMA too; the best checkpoint follows the EMA's primary metric
-    on_cpu: bool = False
+    on_cpu: bool = False  # keep the EMA on the CPU (saves GPU memory; the EMA is then not evaluated)
 
 
 @dataclass
@@ -214,6 +214,8 @@ class Config:
             raise ConfigError('train.amp_on_cpu: only bf16 autocast is supported on CPU, not fp16')
         if len(self.optim.betas) != 2:
             raise ConfigError(f'optim.betas: two values, got {self.optim.betas}')
+        if self.ema.enabled and self.ema.on_cpu and self.ema.eval:
+            raise ConfigError('ema.eval: an EMA kept on the CPU (ema.on_cpu) is not evaluated; set ema.eval=false')
         if not self.model.name:
             raise ConfigError('model.name: must be a registered model name')
         if hasattr(self.data, 'validate'):

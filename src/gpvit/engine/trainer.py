@@ -282,7 +282,7 @@ class _Trainer:
             return {}
         out = {}
         models = [('val', _unwrap(self.model))]
-        if self.ema is not None and self.cfg.ema.eval:
+        if self.ema is not None and self.cfg.ema.eval and not self.cfg.ema.on_cpu:
             models.append(('val_ema', self.ema.module))
         for prefix, m in models:
             was_training = m.training
@@ -345,9 +345,9 @@ class _Trainer:
                     bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.3g}')
                     self.metrics.scalar('train/loss', loss, self.step)
                     self.metrics.scalar('train/lr', lr, self.step)
-                    if bar.disable:
-                        _logger.info('update %d/%d (epoch %d): loss %.4f, lr %.3g%s', self.step, length.total,
-                                     epoch + 1, loss, lr, f', grad norm {grad_norm:.3g}' if grad_norm else '')
+                    self._log_progress(not bar.disable, 'update %d/%d (epoch %d): loss %.4f, lr %.3g%s', self.step,
+                                       length.total, epoch + 1, loss, lr,
+                                       f', grad norm {grad_norm:.3g}' if grad_norm else '')
                 if not length.epoch_based and (self.step % t.eval_interval == 0 or self.step % cfg.ckpt.interval == 0
                                                or self.step == length.total):
                     self.epoch = self.step // per_epoch
@@ -363,6 +363,13 @@ class _Trainer:
                 if 'after_epoch' in self.hooks:
                     self.hooks['after_epoch'](self)
         return self._finish()
+
+    def _log_progress(self, bar_shown: bool, msg: str, *args) -> None:
+        """A per-interval line: to the log file always, to the console only when no progress bar shows it."""
+        if not bar_shown:
+            _logger.info(msg, *args)
+        elif self.log_handler is not None and _logger.isEnabledFor(logging.INFO):
+            self.log_handler.handle(_logger.makeRecord(_logger.name, logging.INFO, __file__, 0, msg, args, None))
 
     def _update(self, it, period_sums: Dict[str, float], counts: Dict[str, float]) -> Optional[float]:
         """One optimiser update: ``accum`` micro-batches, backward, unscale / clip, step. Returns the gradient
