@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     overrides = [f'data.root={cache}', f'output_dir={ROOT / "outputs" / "quickstart_digits"}'] + list(argv)
     cfg = load_config(CONFIG, overrides)
     print(f'digits cache: {cache}; training {cfg.model.name} for {cfg.train.epochs} epochs '
-          f'({torch.get_num_threads()} threads)', flush=True)
+          f'({cfg.train.threads or torch.get_num_threads()} compute thread(s))', flush=True)
     result = train(cfg, resume='auto')
     t_train = time.perf_counter() - t0
 

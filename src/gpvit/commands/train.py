@@ -27,7 +27,12 @@ def run(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end='')
         return 0
     from ..engine.trainer import train
-    result = train(cfg, resume=args.resume, device=args.device)
+    try:
+        result = train(cfg, resume=args.resume, device=args.device)
+    except KeyboardInterrupt:
+        import sys
+        print(f'gpvit train: interrupted; continue with --resume auto (output_dir {cfg.output_dir})', file=sys.stderr)
+        return 130
     if result.best:
         print(f'best {result.best["metric"]} {result.best["value"]:.2f} (epoch {result.best["epoch"]}, '
               f'update {result.best["step"]}); outputs in {result.output_dir}')
