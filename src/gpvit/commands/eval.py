@@ -6,7 +6,6 @@ import json
 def run(args: argparse.Namespace) -> int:
     from .train import load
     cfg = load(args)
-    from ..engine.distributed import init_distributed  # noqa: F401
     from ..engine.evaluator import evaluate_checkpoint
     metrics = evaluate_checkpoint(cfg, args.checkpoint, use_ema=args.use_ema, device=args.device,
                                   crop_pct=args.crop_pct)

@@ -133,7 +133,6 @@ def write_lmdb(img_dir, out, class_names: Optional[Sequence[str]] = None, full_d
     Returns:
         ``{'written': n, 'skipped': [paths], 'classes': [...]}``.
     """
-    import lmdb
     out = Path(out)
     if out.exists():
         raise DataError(f'{out}: already exists; remove it or choose another output')

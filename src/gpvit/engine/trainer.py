@@ -13,7 +13,6 @@ bit-exact; on GPU it is as exact as the kernels (``train.deterministic=true``).
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -338,7 +337,7 @@ class _Trainer:
                 bar.update()
                 if self.step % t.log_interval == 0 or self.step == length.total:
                     lr = self.optimizer.param_groups[0]['lr']
-                    loss = period_sums['loss'] / max(period_sums['n'], 1)
+                    loss = float(period_sums['loss']) / max(period_sums['n'], 1)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f'training loss is {loss} at update {self.step}: the run diverged '
                                                  f'(lower optim.lr, set optim.clip_grad, or check the data)')
@@ -380,13 +379,13 @@ class _Trainer:
                                                                         DistributedDataParallel)
         for micro in range(self.accum):
             batch = next(it)
-            sync = contextlib.nullcontext() if (not ddp or micro == self.accum - 1) else _unwrap_ddp(model).no_sync()
+            sync = contextlib.nullcontext() if (not ddp or micro == self.accum - 1) else _ddp(model).no_sync()
             with sync:
                 with self.autocast():
                     out = self.task.train_step(model, batch)
                 self.scaler.scale(out.loss / self.accum).backward()
-            loss_val = out.loss.detach().float().item()
-            period_sums['loss'] = period_sums.get('loss', 0.) + loss_val * out.batch_size
+            # summed on the device: no host synchronisation per step (read at log intervals only)
+            period_sums['loss'] = period_sums.get('loss', 0.) + out.loss.detach().float() * out.batch_size
             period_sums['n'] = period_sums.get('n', 0) + out.batch_size
             for k, v in out.logs.items():
                 period_sums[k] = period_sums.get(k, 0.) + float(v) * out.batch_size
@@ -406,7 +405,8 @@ class _Trainer:
         cfg, t = self.cfg, self.cfg.train
         length = self.length
         self._sync_bn_stats()
-        reduced = all_reduce_sum({**{f's_{k}': v for k, v in sums.items()}, **{f'c_{k}': v for k, v in counts.items()}},
+        reduced = all_reduce_sum({**{f's_{k}': float(v) for k, v in sums.items()},
+                                  **{f'c_{k}': v for k, v in counts.items()}},
                                  self.dist.device)
         n = max(reduced.get('s_n', 0.), 1.)
         record: Dict[str, Any] = {'epoch': self.epoch, 'step': self.step, 'epoch_based': length.epoch_based,
@@ -477,9 +477,9 @@ class _Trainer:
             self.log_handler.close()
 
 
-def _unwrap_ddp(model):
-    model = getattr(model, '_orig_mod', model)
-    return model
+def _ddp(model: nn.Module) -> DistributedDataParallel:
+    """The DDP wrapper, under ``torch.compile``'s if compiled."""
+    return getattr(model, '_orig_mod', model)
 
 
 def _fmt(record: Dict[str, Any]) -> str:

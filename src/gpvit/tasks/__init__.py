@@ -9,7 +9,7 @@ calls the task only through the methods below. A detection or segmentation task 
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
 
 import torch
 import torch.nn as nn
