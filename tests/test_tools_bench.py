@@ -1,0 +1,136 @@
+"""``gpvit bench``: measurements, the appendix and Figure 5 suites, timeouts, OOM, reports."""
+import csv
+import io
+
+import pytest
+import torch
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+
+import gpvit
+from gpvit.cli import main
+from gpvit.tools import bench
+from gpvit.tools.flops import count_flops
+
+
+def _png_size(path):
+    with Image.open(path) as im:
+        im.verify()  # a complete, valid PNG
+    with Image.open(path) as im:
+        return im.format, im.size
+
+
+def test_parse_size():
+    assert bench.parse_size('224') == (224, 224)
+    assert bench.parse_size('800x1280') == (800, 1280)
+    for bad in ('0', '12x', 'ax3', '-4', '3x0'):
+        with pytest.raises(ValueError, match='input size'):
+            bench.parse_size(bad)
+
+
+def test_plain_vit_baseline():
+    model = bench.build_model('vit_plain_p8_c96_d6')
+    assert isinstance(model, VisionTransformer)
+    assert model.patch_embed.patch_size == (8, 8) and model.embed_dim == 96 and len(model.blocks) == 6
+    assert model.blocks[0].attn.num_heads == bench.PLAIN_VIT_HEADS == 6
+    assert model.cls_token is None and model.global_pool == 'avg'
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 1000)  # any multiple of the patch
+    # FLOPs: 6 blocks of 12 C^2 N + 2 N^2 C MACs (N = 96 tokens), the patch embedding and the head
+    N, C = 8 * 12, 96
+    macs = 6 * (12 * C * C * N + 2 * N * N * C) + N * C * 3 * 64 + C * 1000
+    assert count_flops(model, (1, 3, 64, 96)) == 2 * macs
+    with pytest.raises(ValueError, match='unknown model'):
+        bench.build_model('vit_plain_x8')
+
+
+def test_appendix_suite_definition():
+    assert bench.APPENDIX_SIZES == ((224, 224), (512, 512), (800, 1280))
+    assert bench.appendix_models('gpvit_l1') == ['gpvit_l1', 'vit_plain_p16_c216', 'vit_plain_p8_c216']
+    cases = bench.appendix_cases(['gpvit_mini'], sizes=[(64, 64), (64, 128)])
+    assert [(c.model, c.input_size) for c in cases] == [
+        ('gpvit_mini', (64, 64)), ('gpvit_mini', (64, 128)),
+        ('vit_plain_p16_c96_d6', (64, 64)), ('vit_plain_p16_c96_d6', (64, 128)),
+        ('vit_plain_p8_c96_d6', (64, 64)), ('vit_plain_p8_c96_d6', (64, 128))]
+    mini = gpvit.create_model('gpvit_mini')
+    vit = bench.build_model('vit_plain_p8_c96_d6')
+    assert (mini.embed_dim, len(mini.blocks)) == (vit.embed_dim, len(vit.blocks))
+    for name in gpvit.list_models('gc_vit_xxtiny'):
+        with pytest.raises(ValueError, match='not a plain'):
+            bench.appendix_models(name)
+    with pytest.raises(ValueError, match='dtype'):
+        bench.grid_cases(['gpvit_mini'], [(64, 64)], dtypes=['float8'])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='CUDA is not available'):
+            bench.grid_cases(['gpvit_mini'], [(64, 64)], devices=['cuda'])
+
+
+def test_measure_in_process():
+    model = gpvit.create_model('gpvit_mini').eval()
+    case = bench.BenchCase('gpvit_mini', (64, 64), batch_size=2)
+    res = bench.measure(model, case, warmup=1, min_time=0., max_iters=3)
+    assert res.status == 'ok' and res.iters == 1  # min_time 0: exactly one timed iteration
+    assert res.latency_ms > 0 and res.throughput == pytest.approx(2 / (res.latency_ms / 1e3))
+    assert res.peak_mem_mb is not None and res.peak_mem_mb >= 0 and res.mem_method
+
+
+def test_bench_command_writes_table_csv_png(tmp_path, capsys):
+    argv = ['bench', '--models', 'gpvit_mini', '--sizes', '64', '--batch-sizes', '2', '--time-budget', '120',
+            '--min-time', '0.1', '--max-iters', '3', '--threads', '1', '--out', str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    model = gpvit.create_model('gpvit_mini')
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model, (1, 3, 64, 64))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / 'custom.csv').read_text())))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r['model'], r['input_size'], r['batch_size'], r['dtype'], r['device']) == (
+        'gpvit_mini', '64x64', '2', 'float32', 'cpu')
+    assert r['status'] == 'ok', r['note']
+    assert int(r['params']) == params and int(r['flops']) == flops
+    assert float(r['latency_ms']) > 0 and float(r['peak_mem_mb']) > 0 and 1 <= int(r['iters']) <= 3
+    assert float(r['throughput']) == pytest.approx(2e3 / float(r['latency_ms']), rel=1e-6)
+    assert (tmp_path / 'custom.md').read_text() == out
+    assert f'| `gpvit_mini` | 64x64 | 2 | float32 | cpu | {params / 1e6:.2f}M | {flops / 1e9:.2f} |' in out
+    assert _png_size(tmp_path / 'custom.png') == ('PNG', (1600, 550))
+
+
+def test_timeout_and_oom_are_marked():
+    slow = bench.BenchCase('gpvit_mini', (512, 512), batch_size=4)  # seconds per forward pass on a CPU
+    big = bench.BenchCase('gpvit_mini', (256, 256), batch_size=16)  # its stem activation alone is 64 MiB
+    (res,) = bench.run_benchmark([slow], time_budget=0.2, mem_cap=None)
+    assert res.status == 'timeout' and '0.2 s budget' in res.note
+    assert res.latency_ms is None
+    assert res.flops == count_flops(gpvit.create_model('gpvit_mini'), (1, 3, 512, 512))  # counted anyway
+    (res,) = bench.run_benchmark([big], time_budget=120, mem_cap=64 * 2 ** 20)
+    assert res.status == 'OOM', res.note
+    md = bench.results_markdown([res])
+    assert '| OOM | OOM | OOM | OOM |' in md and 'OOM:' in md
+
+
+def test_figure5_block_flops(tmp_path, capsys):
+    rows = bench.block_flops(width=96, sides=(8, 16, 24))
+    assert [r['tokens'] for r in rows] == [64, 256, 576]
+    C = 96
+    for r in rows:  # timm Block: qkv + proj + MLP = 12 C^2 N MACs, attention 2 N^2 C
+        N = r['tokens']
+        assert r['global attention'] == 2 * (12 * C * C * N + 2 * N * N * C)
+    for n in (16, 32, 64):  # a GP block is linear in the number of tokens
+        f = [r[f'GP block ({n} groups)'] for r in rows]
+        assert (f[1] - f[0]) * (576 - 256) == (f[2] - f[1]) * (256 - 64)
+    # more groups cost more; at 24x24 tokens global attention exceeds every GP block
+    assert rows[-1]['GP block (16 groups)'] < rows[-1]['GP block (32 groups)'] < rows[-1]['GP block (64 groups)']
+    assert rows[-1]['global attention'] > rows[-1]['GP block (64 groups)']
+    assert main(['bench', '--suite', 'figure5', '--width', '96', '--tokens', '8', '16', '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('| token grid | tokens |') and '| 16x16 | 256 |' in out
+    assert len(list(csv.DictReader(io.StringIO((tmp_path / 'figure5.csv').read_text())))) == 2
+    assert _png_size(tmp_path / 'figure5.png') == ('PNG', (700, 500))
+
+
+def test_bench_bad_input(capsys):
+    assert main(['bench', '--models', 'no_such_model', '--sizes', '64']) == 2
+    assert 'unknown model' in capsys.readouterr().err
+    assert main(['bench', '--models', 'gpvit_mini', '--sizes', '64x']) == 2
+    assert 'input size' in capsys.readouterr().err
