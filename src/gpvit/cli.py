@@ -11,7 +11,7 @@ __all__ = ['main', 'build_parser']
 COMMAND_MODULES = (
     'gpvit.commands.convert',
     'gpvit.commands.train', 'gpvit.commands.eval', 'gpvit.commands.lmdb',
-    'gpvit.commands.models', 'gpvit.commands.bench', 'gpvit.commands.visualize',
+    'gpvit.commands.models', 'gpvit.commands.bench', 'gpvit.commands.visualize', 'gpvit.commands.export',
 )
 
 
