@@ -163,3 +163,28 @@ def test_print_config_round_trips(tmp_path, capsys):
     cfg = load_config(resolved)
     assert cfg.optim.lr == 3e-4 and cfg.model.name == 'gpvit_l2'
     assert cfg == load_config(CONFIGS / 'gpvit_l2_in1k.yaml', ['optim.lr=3e-4'])
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path, monkeypatch):
+    from gpvit.engine import train
+    cfg = load_config(CONFIGS / 'gpvit_l1_in1k.yaml', [f'data.root={tmp_path}', f'output_dir={tmp_path / "run"}',
+                                                       'loader.batch_size=96'])
+    with pytest.raises(ConfigError, match=r'^train\.global_batch: 2048 is not a multiple of loader\.batch_size x '
+                                          r'processes = 96 x 1'):
+        train(cfg)
+    monkeypatch.setenv('WORLD_SIZE', '3')
+    cfg.loader.batch_size = 128
+    with pytest.raises(ConfigError, match=r'= 128 x 3'):
+        train(cfg)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_task_that_cannot_be_imported_does_not_break_the_others(monkeypatch):
+    import gpvit.tasks as tasks
+    monkeypatch.setattr(tasks, '_BUILTIN', tasks._BUILTIN + ('no_such_task_module',))
+    monkeypatch.setattr(tasks, '_loaded', False)
+    monkeypatch.setattr(tasks, '_UNAVAILABLE', {})
+    assert tasks.get_task('classification').name == 'classification'
+    with pytest.raises(ConfigError, match=r"^task: 'no_such_task_module' is not available here: importing "
+                                          r"gpvit\.tasks\.no_such_task_module failed with ModuleNotFoundError"):
+        tasks.get_task('no_such_task_module')

@@ -13,6 +13,7 @@ bit-exact; on GPU it is as exact as the kernels (``train.deterministic=true``).
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ def _check_tensorboard(cfg: Config) -> None:
         except ImportError:
             raise ConfigError('log.tensorboard: needs the tensorboard package (pip install "gpvit[tensorboard]"), '
                               'or set log.tensorboard=false') from None
+
+
+def _check_batch(cfg: Config, world_size: int) -> None:
+    gb, bs = cfg.train.global_batch, cfg.loader.batch_size
+    if gb is not None and gb % (bs * world_size):
+        raise ConfigError(f'train.global_batch: {gb} is not a multiple of loader.batch_size x processes = '
+                          f'{bs} x {world_size}; change loader.batch_size, or set train.global_batch=null '
+                          f'and train.accum_steps')
 
 
 def _check_model_name(cfg: Config) -> None:
@@ -506,6 +515,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[str] = Non
     from ..tasks import get_task
     _check_model_name(cfg)
     _check_tensorboard(cfg)
+    _check_batch(cfg, int(os.environ.get('WORLD_SIZE', '1')))
     get_task(cfg.task).preflight(cfg)
     dist = init_distributed(device)
     trainer = _Trainer(cfg, resume, dist, hooks or {})

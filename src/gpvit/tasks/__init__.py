@@ -8,6 +8,7 @@ calls the task only through the methods below. A detection or segmentation task 
 """
 import abc
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
 
@@ -110,15 +111,32 @@ def register_task(cls: Type[Task]) -> Type[Task]:
     return cls
 
 
+# Built-in task modules (each registers itself). One that cannot be imported (e.g. an optional dependency is
+# missing) is reported when a config asks for it, and does not keep the others from working.
+_BUILTIN = ('classification', 'segmentation', 'detection')
+_UNAVAILABLE: Dict[str, str] = {}
+_loaded = False
+
+
 def _load_builtin() -> None:
-    from . import classification  # noqa: F401  (registers itself)
-    from . import segmentation  # noqa: F401
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN:
+        try:
+            importlib.import_module(f'{__name__}.{module}')
+        except Exception as e:  # noqa: BLE001  (reported by get_task)
+            _UNAVAILABLE[module] = f'{type(e).__name__}: {e}'
 
 
 def get_task(name: str) -> Type[Task]:
     _load_builtin()
     if name not in _TASKS:
         from ..engine.config import ConfigError
+        if name in _UNAVAILABLE:
+            raise ConfigError(f'task: {name!r} is not available here: importing gpvit.tasks.{name} failed with '
+                              f'{_UNAVAILABLE[name]}')
         raise ConfigError(f'task: unknown task {name!r}; known: {", ".join(sorted(_TASKS))}')
     return _TASKS[name]
 
