@@ -30,7 +30,8 @@ def _worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
 def test_two_process_ddp_on_cpu(tmp_path):
     folder = make_image_folder(tmp_path / 'data', classes=3, per_class=10, val_per_class=4)
     out = tmp_path / 'run'
-    raw = tiny_raw(folder['root'], out, train={'epochs': 4, 'threads': 1}, ema={'enabled': True, 'decay': 0.9},
+    raw = tiny_raw(folder['root'], out, train={'epochs': 5, 'threads': 1, 'accum_steps': 2},
+                   ema={'enabled': True, 'decay': 0.9},
                    data={'train_aug': {'auto_augment': 'rand-m9-mstd0.5-inc1'}}, loader={'batch_size': 4})
     mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
 
@@ -39,13 +40,14 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert state_equal(r0['model'], r1['model']) is None
     assert state_equal(r0['ema'], r1['ema']) is None
     recs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert len(recs) == 4  # written once, by rank 0
+    assert len(recs) == 5  # written once, by rank 0
     assert recs[-1]['train_loss'] < recs[0]['train_loss'] - 0.05, [r['train_loss'] for r in recs]
-    # 32 training samples, 2 processes x 4 per batch: 4 updates per epoch; evaluation counts every image once
+    # 32 training samples, 2 processes x 4 per micro-batch x 2 accumulated (no gradient sync on the first):
+    # 2 updates per epoch; evaluation counts every image once
     ckpt = torch.load(out / 'last.pth', weights_only=True)
-    assert ckpt['global_batch'] == 8 and ckpt['iters_per_epoch'] == 4 and len(ckpt['rng']) == 2
+    assert ckpt['global_batch'] == 16 and ckpt['iters_per_epoch'] == 2 and len(ckpt['rng']) == 2
     assert all(r['val_count'] == 12 and r['val_skipped_images'] == 1 for r in recs)
     assert all(r['train_skipped_images'] == 2 for r in recs)
     assert state_equal(ckpt['model'], r0['model']) is None
     log = (out / 'train.log').read_text()
-    assert '2 process(es) on cpu' in log and 'global batch 8' in log
+    assert '2 process(es) on cpu' in log and 'x 2 accumulation = global batch 16' in log

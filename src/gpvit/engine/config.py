@@ -135,6 +135,7 @@ class TrainConfig:
     # Under DDP each process updates its own BatchNorm statistics; before every evaluation and checkpoint they
     # are averaged over the processes ('reduce', timm) or copied from rank 0 ('broadcast', mmcv), also in the EMA.
     dist_bn: Literal['reduce', 'broadcast'] = 'reduce'
+    find_unused_parameters: bool = False  # DDP: for models whose forward leaves parameters unused (some detectors)
     eval_interval: int = checked(1, _positive, '> 0')  # in the run's unit
     eval_at_start: bool = False
     log_interval: int = checked(50, _positive, '> 0')  # iterations between log lines

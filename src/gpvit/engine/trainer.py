@@ -182,7 +182,8 @@ class _Trainer:
         self.model = model
         if dist.distributed:
             self.model = DistributedDataParallel(
-                model, device_ids=[dist.device.index] if dist.device.type == 'cuda' else None)
+                model, device_ids=[dist.device.index] if dist.device.type == 'cuda' else None,
+                find_unused_parameters=t.find_unused_parameters)
         self.ema = None
         if cfg.ema.enabled:
             from timm.utils import ModelEmaV3
