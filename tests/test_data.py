@@ -69,13 +69,29 @@ def test_unreadable_images_are_dropped_in_evaluation(folder):
     assert only_bad['images'] is None and only_bad['skipped'] == 1
 
 
-def test_all_unreadable_is_an_error(tmp_path):
+def test_a_whole_corrupt_class_is_never_fatal(tmp_path, caplog):
+    """200 unreadable files in a row: every sample is substituted by a readable one, each bad file is read
+    (and reported) once per process, and each bad sample counts once."""
+    bad, good = tmp_path / 'train' / 'a', tmp_path / 'train' / 'b'
+    bad.mkdir(parents=True)
+    good.mkdir()
+    for i in range(200):
+        (bad / f'{i:03d}.png').write_bytes(b'nope')
+    class_image(1, np.random.RandomState(0)).save(good / 'ok.png')
+    ds = ImageFolderDataset(tmp_path / 'train')
+    samples = [ds[i] for i in range(len(ds))] + [ds[i] for i in range(len(ds))]
+    assert all(s[1] == 1 for s in samples)  # always the readable image of class b
+    assert sum(s[2] for s in samples) == 400
+    assert caplog.text.count('skipping unreadable image') == 200
+
+
+def test_no_readable_image_at_all_is_an_error(tmp_path):
     d = tmp_path / 'train' / 'a'
     d.mkdir(parents=True)
     for i in range(3):
         (d / f'{i}.png').write_bytes(b'nope')
     ds = ImageFolderDataset(tmp_path / 'train')
-    with pytest.raises(DataError, match='3 consecutive unreadable images'):
+    with pytest.raises(DataError, match='not one of its 3 images can be read'):
         ds[0]
 
 

@@ -23,7 +23,6 @@ __all__ = ['IMG_EXTENSIONS', 'DataError', 'UnreadableImage', 'ClassificationData
 _logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-MAX_CONSECUTIVE_ERRORS = 64
 
 
 class DataError(ValueError):
@@ -106,10 +105,12 @@ def scan_image_folder(split_dir: Path, class_names: Optional[Sequence[str]] = No
 class ClassificationDataset(Dataset):
     """Base of the classification datasets: ``(image, target, skipped)`` samples.
 
-    An unreadable image is logged and counted; in ``'substitute'`` mode (training) the next readable image
-    takes its place, keeping batches full (every process must run the same number of steps); in ``'skip'``
-    mode (evaluation) the sample is ``(None, -1, 1)`` and :func:`collate_skipping` drops it, so metrics count
-    only readable images. ``skipped`` is the number of unreadable images behind the sample.
+    An unreadable image is logged (once per process) and counted, never fatal; in ``'substitute'`` mode
+    (training) the next readable image takes its place, keeping batches full (every process must run the same
+    number of steps); in ``'skip'`` mode (evaluation) the sample is ``(None, -1, 1)`` and
+    :func:`collate_skipping` drops it, so metrics count only readable images. ``skipped`` is 1 for a sample
+    whose own image was unreadable, else 0. Known-bad files are not read again. Only a dataset without a
+    single readable image is an error.
     """
     on_error_modes = ('substitute', 'skip')
 
@@ -119,7 +120,7 @@ class ClassificationDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.classes: List[str] = []
-        self._reported: set = set()
+        self._bad: set = set()  # indices found unreadable in this process
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -128,29 +129,23 @@ class ClassificationDataset(Dataset):
         """The decoded image and class index; raises :class:`UnreadableImage`."""
         raise NotImplementedError
 
-    def _report(self, index: int, err: UnreadableImage) -> None:
-        if index not in self._reported:  # once per file and process
-            self._reported.add(index)
-            _logger.warning('skipping unreadable image %s', err)
-
     def __getitem__(self, index: int) -> Tuple[Any, int, int]:
-        skipped = 0
         n = len(self)
-        for attempt in range(min(MAX_CONSECUTIVE_ERRORS, n)):
+        for attempt in range(n):
             i = (index + attempt) % n
-            try:
-                img, target = self.load(i)
-            except UnreadableImage as e:
-                self._report(i, e)
-                skipped += 1
-                if self.on_error == 'skip':
-                    return None, -1, skipped
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, target, skipped
-        raise DataError(f'{min(MAX_CONSECUTIVE_ERRORS, n)} consecutive unreadable images starting at sample '
-                        f'{index} of {self!r}: the data looks corrupt (see the warnings above)')
+            if i not in self._bad:
+                try:
+                    img, target = self.load(i)
+                except UnreadableImage as e:
+                    self._bad.add(i)
+                    _logger.warning('skipping unreadable image %s', e)
+                else:
+                    if self.transform is not None:
+                        img = self.transform(img)
+                    return img, target, int(attempt > 0)
+            if self.on_error == 'skip':
+                return None, -1, 1
+        raise DataError(f'{self!r}: not one of its {n} images can be read (see the warnings above)')
 
 
 class ImageFolderDataset(ClassificationDataset):
