@@ -75,6 +75,27 @@ def test_torchscript_command_with_checkpoint(tmp_path, capsys):
         torch.testing.assert_close(torch.jit.load(str(path))(x), model.eval()(x), atol=1e-5, rtol=1e-5)
 
 
+class _FlatHead(nn.Module):
+    """A model that only works at one image size (its classifier sees the flattened image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 64 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_a_model_of_one_size_only(tmp_path):
+    """The dynamic export runs, the check at a second size catches the wrong graph; a fixed size works."""
+    with pytest.raises(ExportError, match=r'^cannot export flat to onnx: .* at input \(2, 3, 128, 192\).*--static-size'):
+        export_model(_FlatHead(), 'onnx', tmp_path / 'flat.onnx', input_size=(64, 64), model_name='flat')
+    report = export_model(_FlatHead(), 'onnx', tmp_path / 'flat.onnx', input_size=(64, 64), dynamic_size=False)
+    assert report.dynamic == {'batch': 'dynamic', 'height': '64 (fixed, as asked)', 'width': '64 (fixed, as asked)'}
+    assert [s for s, _ in report.checks] == [(1, 3, 64, 64), (3, 3, 64, 64)]
+    assert all(d < 1e-5 for _, d in report.checks)
+
+
 class _DataDependent(nn.Module):
     def __init__(self):
         super().__init__()

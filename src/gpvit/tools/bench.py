@@ -370,20 +370,24 @@ def default_mem_cap() -> Optional[int]:
 
 
 def _static_costs(name: str, input_size: Tuple[int, int], cache: Dict) -> Tuple[Optional[int], Optional[int], str]:
-    """Parameters and per-image FLOPs of a model at a size, counted on fake tensors (no compute)."""
-    if name not in cache:
-        cache[name] = {'model': build_model(name)}
-    entry = cache[name]
-    model = entry['model']
-    params = sum(p.numel() for p in model.parameters())
-    key = tuple(input_size)
-    if key not in entry:
+    """Parameters and per-image FLOPs of a model at a size, counted on fake tensors (no compute).
+
+    ``cache`` keeps the results and the last model built (cases come model by model, so one model at a time
+    is held).
+    """
+    key = (name, tuple(input_size))
+    if key not in cache:
+        if cache.get('model_name') != name:
+            cache['model'] = None  # release the previous model before building the next
+            cache['model'] = build_model(name)
+            cache['model_name'] = name
+        model = cache['model']
+        params = sum(p.numel() for p in model.parameters())
         try:
-            entry[key] = (count_flops_symbolic(model, (1, 3, *input_size)), '')
+            cache[key] = (params, count_flops_symbolic(model, (1, 3, *input_size)), '')
         except Exception as e:  # noqa: BLE001 - the model cannot take this size; the worker will say so too
-            entry[key] = (None, _first_line(e))
-    flops, err = entry[key]
-    return params, flops, err
+            cache[key] = (params, None, _first_line(e))
+    return cache[key]
 
 
 def _run_worker(case: BenchCase, time_budget: float, mem_cap: Optional[int], warmup: int, min_time: float,

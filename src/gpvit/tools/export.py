@@ -138,7 +138,7 @@ def _dynamic_spec(model: nn.Module, input_size: Tuple[int, int], allow_dynamic_s
     batch = Dim('batch', min=1, max=_MAX_BATCH)
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     if not allow_dynamic_size or cfg.get('fixed_input_size'):
-        why = 'fixed input size of the model' if cfg.get('fixed_input_size') else 'fixed'
+        why = 'fixed input size of the model' if cfg.get('fixed_input_size') else 'fixed, as asked'
         return {'x': {0: batch}}, {'batch': 'dynamic', 'height': f'{input_size[0]} ({why})',
                                     'width': f'{input_size[1]} ({why})'}
     m = size_multiple(model)
@@ -265,7 +265,10 @@ def _export_and_check(model: nn.Module, fmt: str, path: Path, input_size: Tuple[
             report.notes.append(f'the traced module {problem} at batch {shape[0]}')
             continue
         if problem:
-            raise ExportError(f'the exported file {problem} at input {shape}')
+            hint = ''
+            if report.dynamic.get('height', '').startswith('dynamic') and tuple(shape[2:]) != tuple(input_size):
+                hint = ' (it works only at the example size? export with a fixed size: --static-size)'
+            raise ExportError(f'the exported file {problem} at input {shape}{hint}')
         report.checks.append((shape, diff))
         if fmt == 'torchscript' and i > 0:
             report.dynamic['batch'] = 'dynamic (checked at two batch sizes)'
@@ -274,20 +277,39 @@ def _export_and_check(model: nn.Module, fmt: str, path: Path, input_size: Tuple[
 def _export_dynamic(model: nn.Module, example: torch.Tensor, input_size: Tuple[int, int], dynamic_size: bool,
                     report: ExportReport) -> torch.export.ExportedProgram:
     spec, desc = _dynamic_spec(model, input_size, dynamic_size)
+    reason = None
     try:
         ep = _torch_export(model, example, spec)
+        fixed = [name for dim, (name, size) in enumerate(zip(('batch', '', 'height', 'width'), _input_shape(ep)))
+                 if dim in spec['x'] and isinstance(size, int)]
+        if fixed:  # the exporter specialised a dimension instead of failing: the graph would reject other sizes
+            if 'batch' in fixed:
+                raise ExportError('the exported graph has a fixed batch size')
+            reason = 'the exporter fixed them to the example size'
+    except ExportError:
+        raise
     except Exception as e:  # noqa: BLE001
         if 2 not in spec['x']:
             raise
         _logger.info('dynamic-size export failed: %s', e)
+        reason = f'the export with dynamic height and width failed: {_short(e, 2)}'
+    if reason is not None:
         spec, desc = _dynamic_spec(model, input_size, False)
         for k in ('height', 'width'):
-            desc[k] = desc[k].replace('(fixed)', '(fixed: dynamic-size export failed)')
-        report.notes.append(f'height and width are fixed to {input_size[0]}x{input_size[1]}: the export with '
-                            f'dynamic height and width failed ({_short(e, 2)})')
+            desc[k] = f'{input_size[0 if k == "height" else 1]} (fixed: see note)'
+        report.notes.append(f'height and width are fixed to {input_size[0]}x{input_size[1]}: {reason}')
         ep = _torch_export(model, example, spec)
     report.dynamic = desc
     return ep
+
+
+def _input_shape(ep: torch.export.ExportedProgram) -> Tuple:
+    """Shape of the exported program's image input: ints where static, SymInts where dynamic."""
+    user_inputs = set(ep.graph_signature.user_inputs)
+    for node in ep.graph.nodes:
+        if node.op == 'placeholder' and node.name in user_inputs:
+            return tuple(node.meta['val'].shape)
+    raise ExportError('the exported program has no input')
 
 
 def _export_onnx(ep, example: torch.Tensor, path: Path, opset: Optional[int], model: nn.Module):
