@@ -27,7 +27,6 @@ reference detection backbone's windows of 24), in :func:`checkpoint_filter_fn`.
 """
 import logging
 import re
-from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -45,8 +44,8 @@ from .layers import attention, check_image_input, window_partition, window_rever
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['GCViT', 'SqueezeExcite', 'MbConvBlock', 'Downsample', 'GlobalQueryGen', 'WindowAttention', 'GCViTBlock', 'GCViTStage',
-           'checkpoint_filter_fn']
+__all__ = ['GCViT', 'SqueezeExcite', 'MbConvBlock', 'Downsample', 'GlobalQueryGen', 'WindowAttention', 'GCViTBlock',
+           'GCViTStage', 'checkpoint_filter_fn', 'to_project_layout', 'to_timm_layout', 'timm_counterpart']
 
 MIN_INPUT_SIZE = 32
 WINDOW_RATIO = (32, 32, 16, 32)  # reference windows: img_size / ratio, i.e. 7, 7, 14, 7 at 224
@@ -126,7 +125,7 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A channels-last image makes conv1's output channels-last, so the permute below is free; the alternative
-        # copies a 16x larger map for the LayerNorm.
+        # copies the 5x larger output map for the LayerNorm.
         x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         return self.down(x.permute(0, 2, 3, 1))
 
@@ -214,7 +213,7 @@ class WindowAttention(nn.Module):
             k, v = qkv.chunk(2, dim=-1)
             B = q_global.shape[0]
             # One query per image, repeated for its nW windows (image-major, like the windows). A view for B == 1.
-            q = q_global.unsqueeze(1).expand(B, BW // B, N, C).reshape(BW, N, C)
+            q = q_global.to(k.dtype).unsqueeze(1).expand(B, BW // B, N, C).reshape(BW, N, C)
         else:
             q, k, v = qkv.chunk(3, dim=-1)
         bias = self._bias(N).to(q.dtype)
@@ -326,7 +325,7 @@ def _per_stage_windows(
         num_stages: int,
 ) -> Tuple[Size2, ...]:
     if window_size is None:
-        return tuple((max(img_size[0] // r, 1), max(img_size[1] // r, 1)) for r in WINDOW_RATIO[:num_stages])
+        return tuple((max(img_size[0] // r, 1), max(img_size[1] // r, 1)) for r in WINDOW_RATIO)
     if isinstance(window_size, int):
         window_size = (window_size,) * num_stages
     if len(window_size) != num_stages or any(not isinstance(w, int) or w < 1 for w in window_size):
@@ -391,8 +390,9 @@ class GCViT(nn.Module):
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         num_stages = len(depths)
-        if len(num_heads) != num_stages:
-            raise ValueError(f'num_heads {tuple(num_heads)} must give one value per stage of depths {tuple(depths)}')
+        if num_stages != 4 or len(num_heads) != 4:
+            raise ValueError(f'GC ViT has 4 stages: depths {tuple(depths)} and num_heads {tuple(num_heads)} must give '
+                             f'4 values each')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -410,7 +410,7 @@ class GCViT(nn.Module):
             feat = (img_size[0] // 2 ** (i + 2), img_size[1] // 2 ** (i + 2))
             stages.append(GCViTStage(
                 dims[i], depths[i], num_heads[i], self.window_size[i],
-                query_depth=QUERY_DEPTHS[min(i, len(QUERY_DEPTHS) - 1)],
+                query_depth=QUERY_DEPTHS[i],
                 query_pool=i < 2 or (i == 2 and self.window_size[i] != feat),
                 downsample_from=dims[i - 1] if i else None,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, layer_scale=layer_scale, proj_drop=proj_drop_rate,
@@ -729,9 +729,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
 
     Relative-position tables of another window size are resized bicubically to the model's windows (a classifier
     checkpoint into a dense model with windows of 24, as the reference detection backbone does). A classifier
-    head or out norms the checkpoint lacks stay as initialised, with a warning; weights the model has no place
-    for by construction (no head, pruned stages, no final norm) are dropped; anything else that does not fit
-    raises a :class:`CheckpointError` naming the variant the checkpoint looks like.
+    head or out norms the checkpoint lacks (and the final norm, in dense models) stay as initialised, with a
+    warning; weights the model has no place for by construction (no head, pruned stages, no final norm) are
+    dropped; anything else that does not fit raises a :class:`CheckpointError` naming the variant the checkpoint
+    looks like.
     """
     state_dict = unwrap_state_dict(state_dict)
     converted = to_project_layout(state_dict)
@@ -770,11 +771,59 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
             return model.num_classes == 0
         return False
 
-    return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(('head.', 'out_norms.')),
-                     unused=unused)
+    # The final norm is optional where no output uses it (a dense model's last stage has its own out norm; the
+    # reference detection backbone has no final norm), as are the head and the out norms of dense models.
+    optional = ('head.', 'out_norms.') + (('norm.',) if str(num_stages - 1) in model.out_norms else ())
+    return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional), unused=unused)
 
 
 register_checkpoint_family(GCViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
+
+
+def to_timm_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """This project's layout -> timm's ``GlobalContextVit`` layout (the inverse of the timm branch of
+    :func:`to_project_layout`): the final norm goes into the last stage, the head under ``head.fc``, the global
+    query blocks are named ``conv{k}`` from 1, and the SE weights become 1x1 convs. Dense models' out norms
+    have no place in timm's model and are left out."""
+    last = max(int(k.split('.')[1]) for k in state_dict if k.startswith('stages.'))
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith('out_norms.'):
+            continue
+        k = re.sub(r'^(stages\.\d+\.global_block\.blocks\.)(\d+)\.', lambda m: f'{m[1]}conv{int(m[2]) + 1}.', k)
+        k = re.sub(r'^norm\.', f'stages.{last}.norm.', k)
+        k = re.sub(r'^head\.', 'head.fc.', k)
+        out[k] = v[:, :, None, None] if k.endswith(('se.fc1.weight', 'se.fc2.weight')) and v.ndim == 2 else v
+    return out
+
+
+# The variants timm registers (under its own names); the others are built from timm's GlobalContextVit class.
+TIMM_NAMES = {'gc_vit_xxtiny': 'gcvit_xxtiny', 'gc_vit_xtiny': 'gcvit_xtiny', 'gc_vit_tiny': 'gcvit_tiny',
+              'gc_vit_small': 'gcvit_small', 'gc_vit_base': 'gcvit_base'}
+
+
+def timm_counterpart(name: str, model: Optional[GCViT] = None) -> nn.Module:
+    """timm's implementation of the GC ViT variant ``name`` (``timm.models.gcvit``), in eval mode.
+
+    With ``model`` (a classifier of that variant, as built by this project), timm's model gets its weights
+    through :func:`to_timm_layout`, so both compute the same function. For comparisons and benchmarks; note that
+    timm <= 1.0.30 mixes the images of a batch in global attention (fixed in 1.0.31).
+    """
+    import timm
+    from timm.models.gcvit import GlobalContextVit
+    if name not in _VARIANTS:
+        raise ValueError(f'unknown GC ViT variant {name!r}; known: {sorted(_VARIANTS)}')
+    args = {k: v for k, v in _VARIANTS[name].items() if k != 'drop_path_rate'}
+    num_classes = 1000 if model is None else model.num_classes
+    if model is not None and model.window_size != _per_stage_windows(None, model.img_size, len(model.stages)):
+        raise ValueError(f'timm has no counterpart of a GC ViT with windows {model.window_size} (dense model)')
+    if name in TIMM_NAMES:
+        twin = timm.create_model(TIMM_NAMES[name], num_classes=num_classes)
+    else:
+        twin = GlobalContextVit(num_classes=num_classes, **args)
+    if model is not None:
+        twin.load_state_dict(to_timm_layout(model.state_dict()))
+    return twin.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------
