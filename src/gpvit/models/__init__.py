@@ -2,5 +2,6 @@
 from .gcvit import GCViT
 from .gpvit import GPViT
 from .layers import attention, merge_heads, split_heads, window_partition, window_reverse
+from . import detectors, segmentor  # noqa: E402,F401  (register upernet, segformer, mask_rcnn, retinanet)
 
 __all__ = ['GCViT', 'GPViT', 'attention', 'merge_heads', 'split_heads', 'window_partition', 'window_reverse']
