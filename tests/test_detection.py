@@ -323,3 +323,30 @@ def test_shipped_configs_load():
     cfg = load_config(root / 'gc_vit_tiny_maskrcnn_3x.yaml')
     assert cfg.model.kwargs['backbone'] == 'gc_vit_tiny' and cfg.model.kwargs['window_size'] == 24
     assert cfg.optim.lr == pytest.approx(1e-4) and cfg.sched.warmup_iters == 2500 and cfg.train.epochs == 36
+
+
+def test_gpvit_predict_draws_boxes_and_masks(coco, tmp_path, capsys):
+    import yaml
+    from gpvit.cli import main
+    out = tmp_path / 'run'
+    raw = det_raw(coco, out, 'mask_rcnn')
+    raw['train'].update(iters=2, eval_interval=2)
+    cfg_path = tmp_path / 'det.yaml'
+    cfg_path.write_text(yaml.safe_dump(raw))
+    train(build_config(raw))
+    ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=True)
+    assert ckpt['classes'] == ['square', 'triangle']
+    image = coco / 'val' / 'val_000.png'
+    png = tmp_path / 'pred.png'
+    # score threshold 0: every detection of the (barely trained) model is drawn
+    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
+                 '--score-thr', '0', '--out', str(png), str(image)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    drawn, original = np.array(Image.open(png)), np.array(Image.open(image))
+    assert drawn.shape == original.shape
+    assert len(summary['detections']) > 0 and not np.array_equal(drawn, original)
+    assert all(d['label'] in ('square', 'triangle') for d in summary['detections'])
+    # nothing above a score of 1: the image comes back unchanged
+    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
+                 '--score-thr', '1.01', '--out', str(png), str(image)]) == 0
+    assert np.array_equal(np.array(Image.open(png)), original)

@@ -308,3 +308,33 @@ def test_shipped_configs_load():
             assert cfg.optim.lr == pytest.approx(1.2e-4) and cfg.optim.weight_decay == 0.01
             assert cfg.model.kwargs['drop_path_rate'] == (0.1 if v <= 2 else 0.2)
             assert (cfg.optim.lr_mult == {'decode_head': 10.0}) == (head == 'segformer')
+
+
+def test_gpvit_predict_draws_the_segmentation(ade, tmp_path, capsys):
+    from gpvit.cli import main
+    out = tmp_path / 'run'
+    raw = seg_raw(ade, out, 'segformer')
+    raw['train']['iters'] = 2
+    raw['train']['eval_interval'] = 2
+    cfg_path = tmp_path / 'seg.yaml'
+    import yaml
+    cfg_path.write_text(yaml.safe_dump(raw))
+    train(build_config(raw))
+    image = ade / 'images' / 'validation' / 'validation_000.jpg'
+    png = tmp_path / 'pred.png'
+    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
+                 '--out', str(png), str(image)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    drawn = np.array(Image.open(png))
+    original = np.array(Image.open(image))
+    assert drawn.shape == original.shape and not np.array_equal(drawn, original)
+    assert sum(summary['classes'].values()) == pytest.approx(1.0, abs=1e-3)
+    assert {int(k) for k in summary['classes']} <= set(range(NUM_CLASSES))  # JSON keys are strings
+    # the drawing is the palette colour of each predicted class blended 50/50 with the image
+    from gpvit.commands.predict import palette
+    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
+                 '--out', str(png), '--alpha', '1.0', str(image)]) == 0
+    drawn = np.array(Image.open(png))
+    colours = {tuple(c) for c in palette(NUM_CLASSES)[list(map(int, summary['classes']))]}
+    assert {tuple(p) for p in drawn.reshape(-1, 3)} <= colours
+    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'missing.pth'), str(image)]) == 2

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     'gpvit.commands.convert',
     'gpvit.commands.train', 'gpvit.commands.eval', 'gpvit.commands.lmdb',
     'gpvit.commands.models', 'gpvit.commands.bench', 'gpvit.commands.visualize', 'gpvit.commands.export',
+    'gpvit.commands.predict',
 )
 
 
