@@ -1,8 +1,9 @@
 """COCO detectors from torchvision around GPViT (through the ViT-Adapter) or GC ViT (its four stage maps).
 
 * ``mask_rcnn``: torchvision :class:`~torchvision.models.detection.MaskRCNN` on an FPN (256 channels, BatchNorm,
-  LastLevelMaxPool: P2-P6) over the s4..s32 maps; RPN anchors 32..512 with ratios 0.5/1/2; the box head is 4
-  conv (BatchNorm) + 1 fc (mmdet's ``Shared4Conv1FCBBoxHead``), the mask head 4 convs.
+  LastLevelMaxPool: P2-P6) over the s4..s32 maps; RPN anchors 32..512 with ratios 0.5/1/2; RoIAlign with
+  adaptive sampling (``sampling_ratio=0``, as mmdet); the box head is 4 conv (BatchNorm) + 1 fc (mmdet's
+  ``Shared4Conv1FCBBoxHead``), the mask head 4 convs.
 * ``retinanet``: torchvision :class:`~torchvision.models.detection.RetinaNet` on an FPN (BatchNorm) over the
   s8..s32 maps plus P6/P7 computed from P5's output (``add_extra_convs='on_output'``): focal loss (2, 0.25),
   L1 box loss, anchors 32..512 with 3 scales per octave.
@@ -26,6 +27,7 @@ from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from .adapter import GPViTAdapter
@@ -118,8 +120,12 @@ def mask_rcnn(pretrained: bool = False, backbone: str = 'gpvit_l1', num_classes:
     fpn = FPNBackbone(body, body.out_channels, fpn_channels, 'pool')
     box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [1024], norm_layer=nn.BatchNorm2d)
     mask_head = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1)
+    levels = ['0', '1', '2', '3']  # RoIs pooled from P2-P5 (not the max-pooled P6), adaptive sampling as mmdet
+    box_roi_pool = MultiScaleRoIAlign(levels, 7, sampling_ratio=0)
+    mask_roi_pool = MultiScaleRoIAlign(levels, 14, sampling_ratio=0)
     model = GPViTMaskRCNN(fpn, None, min_size=min_size, max_size=max_size, image_mean=IMAGENET_MEAN,
-                          image_std=IMAGENET_STD, box_head=box_head, mask_head=mask_head,
+                          image_std=IMAGENET_STD, box_roi_pool=box_roi_pool, box_head=box_head,
+                          mask_roi_pool=mask_roi_pool, mask_head=mask_head,
                           box_predictor=FastRCNNPredictor(1024, num_classes),
                           mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
                           **{'rpn_post_nms_top_n_train': 1000, **(detector_kwargs or {})})
