@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--time-budget', type=float, default=60.,
                    help='seconds per case for warm-up + timed iterations; beyond: timeout')
     p.add_argument('--mem-cap-gb', type=float,
-                   help='memory a case may allocate (GiB); default 3/4 of the available memory; 0: no cap')
+                   help='memory a case may allocate (GiB); default: 3/4 of the available host memory for CPU cases, '
+                        'no cap on CUDA; 0: no cap')
     p.add_argument('--warmup', type=int, default=1, help='untimed iterations')
     p.add_argument('--min-time', type=float, default=2., help='seconds of timed iterations (at least one)')
     p.add_argument('--max-iters', type=int, default=20, help='most timed iterations')

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import resource
 import subprocess
 import sys
 import threading
@@ -53,6 +52,11 @@ import torch
 import torch.nn as nn
 
 from .flops import count_flops_symbolic
+
+try:
+    import resource  # Unix only: peak RSS without /proc, and the CPU memory cap
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 from .zoo import format_csv, format_markdown
 
 __all__ = ['BenchCase', 'BenchResult', 'build_model', 'plain_vit', 'parse_size', 'appendix_cases', 'run_benchmark',
@@ -217,7 +221,15 @@ def _rss_bytes() -> int:
     kb = _proc_status_kb('VmRSS')
     if kb is not None:
         return kb * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: the peak is all we have
+    return _max_rss_bytes()  # no /proc: the peak is all we have
+
+
+def _max_rss_bytes() -> int:
+    """Lifetime peak RSS of this process (``ru_maxrss``: KiB on Linux, bytes on macOS); 0 if unknown."""
+    if resource is None:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == 'darwin' else peak * 1024
 
 
 def _reset_peak_rss() -> bool:
@@ -284,7 +296,7 @@ def measure(
         res.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         hwm = _proc_status_kb('VmHWM') if res.mem_method.startswith('peak RSS') else None
-        peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = hwm * 1024 if hwm is not None else _max_rss_bytes()
         res.peak_mem_mb = max(peak - base, 0) / 2 ** 20
     times.sort()
     med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
@@ -332,9 +344,11 @@ def _worker_main() -> int:
         cap = job.get('mem_cap')
         if cap:
             if case.device == 'cpu':
-                vm = (_proc_status_kb('VmSize') or 0) * 1024
+                vm_kb = _proc_status_kb('VmSize')
+                if resource is None or vm_kb is None:
+                    raise RuntimeError('a CPU memory cap needs Linux (/proc and RLIMIT_AS); run with --mem-cap-gb 0')
                 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-                limit = vm + int(cap)
+                limit = vm_kb * 1024 + int(cap)
                 if hard != resource.RLIM_INFINITY:
                     limit = min(limit, hard)
                 resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
@@ -474,8 +488,8 @@ def run_benchmark(
     Args:
         cases: what to run.
         time_budget: seconds for warm-up + timed iterations of one case; beyond it the case is ``timeout``.
-        mem_cap: bytes the worker may allocate once its model is built (``-1``: :func:`default_mem_cap`;
-            None: no cap).
+        mem_cap: bytes the worker may allocate once its model is built (``-1``: :func:`default_mem_cap` for CPU
+            cases and no cap for CUDA cases; None: no cap).
         warmup: untimed iterations.
         min_time: the timed iterations stop after this many seconds (or ``max_iters``), at least one runs.
         max_iters: most timed iterations.
@@ -483,13 +497,14 @@ def run_benchmark(
         setup_timeout: seconds allowed for a worker to start and build its model.
         progress: called with each case and its result.
     """
-    if mem_cap == -1:
-        mem_cap = default_mem_cap()
+    host_cap = default_mem_cap() if mem_cap == -1 else mem_cap
     cache: Dict = {}
     results = []
     for case in cases:
         params, flops, err = _static_costs(case.model, case.input_size, cache)
-        res = _run_worker(case, time_budget, mem_cap, warmup, min_time, max_iters, threads, setup_timeout)
+        # the default cap is a share of host memory: it applies to CPU cases; CUDA cases are capped only on request
+        cap = host_cap if case.device == 'cpu' or mem_cap != -1 else None
+        res = _run_worker(case, time_budget, cap, warmup, min_time, max_iters, threads, setup_timeout)
         res.params, res.flops = params, flops
         if res.status == 'error' and err and not res.note:
             res.note = err
