@@ -88,7 +88,8 @@ class _FlatHead(nn.Module):
 
 def test_a_model_of_one_size_only(tmp_path):
     """The dynamic export runs, the check at a second size catches the wrong graph; a fixed size works."""
-    with pytest.raises(ExportError, match=r'^cannot export flat to onnx: .* at input \(2, 3, 128, 192\).*--static-size'):
+    with pytest.raises(ExportError,
+                       match=r'^cannot export flat to onnx: .* at input \(2, 3, 128, 192\).*--static-size'):
         export_model(_FlatHead(), 'onnx', tmp_path / 'flat.onnx', input_size=(64, 64), model_name='flat')
     report = export_model(_FlatHead(), 'onnx', tmp_path / 'flat.onnx', input_size=(64, 64), dynamic_size=False)
     assert report.dynamic == {'batch': 'dynamic', 'height': '64 (fixed, as asked)', 'width': '64 (fixed, as asked)'}

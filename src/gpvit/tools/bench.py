@@ -34,16 +34,14 @@ built; an allocation beyond it fails inside torch and the case is marked ``OOM``
 resident set from above, so the cap is conservative. On CUDA the cap is a per-process memory fraction, and
 CUDA's own out-of-memory error marks ``OOM``.
 """
-import argparse
 import json
-import math
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -59,9 +57,10 @@ except ImportError:  # pragma: no cover - Windows
     resource = None
 from .zoo import format_csv, format_markdown
 
-__all__ = ['BenchCase', 'BenchResult', 'build_model', 'plain_vit', 'parse_size', 'appendix_cases', 'run_benchmark',
-           'measure', 'block_flops', 'results_markdown', 'results_csv', 'plot_results', 'blocks_markdown',
-           'blocks_csv', 'plot_blocks', 'APPENDIX_SIZES', 'FIGURE5_SIDES', 'DTYPES']
+__all__ = ['BenchCase', 'BenchResult', 'build_model', 'plain_vit', 'parse_size', 'appendix_models', 'appendix_cases',
+           'grid_cases', 'default_mem_cap', 'run_benchmark', 'measure', 'block_flops', 'results_markdown',
+           'results_csv', 'plot_results', 'blocks_markdown', 'blocks_csv', 'plot_blocks', 'APPENDIX_SIZES',
+           'FIGURE5_SIDES', 'DTYPES', 'PLAIN_VIT_HEADS']
 
 APPENDIX_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (512, 512), (800, 1280))
 #: Token-grid sides of the Figure 5 sweep: 28x28 (224x224 at stride 8) to 256x256 tokens.
@@ -71,7 +70,6 @@ DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.
 #: baselines use 6 heads, GPViT's own number of global (grouping/ungrouping) heads. FLOPs do not depend on it.
 PLAIN_VIT_HEADS = 6
 _PLAIN_VIT = re.compile(r'^vit_plain_p(\d+)_c(\d+)(?:_d(\d+))?(?:_h(\d+))?$')
-_STATUSES = ('ok', 'OOM', 'timeout', 'error')
 
 
 @dataclass
@@ -276,7 +274,8 @@ def measure(
             res.mem_method = 'cuda max_memory_allocated'
         else:
             base = rss_before_model if rss_before_model is not None else _rss_bytes()
-            res.mem_method = 'peak RSS - RSS before model' if _reset_peak_rss() else 'ru_maxrss - RSS before model (upper bound)'
+            res.mem_method = ('peak RSS - RSS before model' if _reset_peak_rss()
+                              else 'ru_maxrss - RSS before model (upper bound)')
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)

@@ -24,7 +24,7 @@ import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -318,7 +318,8 @@ def _export_onnx(ep, example: torch.Tensor, path: Path, opset: Optional[int], mo
         import onnxruntime as ort
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ExportError(f'ONNX export needs onnx, onnxscript and onnxruntime ({e}): pip install "gpvit[export]"') from e
+        raise ExportError(f'ONNX export needs onnx, onnxscript and onnxruntime ({e}): '
+                          f'pip install "gpvit[export]"') from e
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

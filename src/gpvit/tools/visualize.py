@@ -8,10 +8,9 @@ over the image. The block inputs are captured with forward pre-hooks during one 
 those of the model's own forward pass.
 """
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
