@@ -185,3 +185,14 @@ def test_num_classes_and_resolution_adaptation(l2):
     x256 = torch.randn(1, 3, 256, 256)
     native = gpvit.create_model('gpvit_l2', checkpoint=sd)
     assert (_logits(hi, x256) - _logits(native, x256)).abs().max() <= 1e-4
+
+
+def test_classifier_checkpoint_into_dense_backbone(l2, caplog):
+    """ImageNet weights initialise a segmentation backbone: its per-block norms start fresh, as the reference's."""
+    sd, _, _ = l2
+    with caplog.at_level(logging.WARNING):
+        backbone = gpvit.create_model('gpvit_l2', checkpoint=sd, features_only=True, out_indices=(2, 5, 8, 11))
+    assert 'out_norms.2.weight' in caplog.text
+    assert torch.equal(backbone.model.out_norms['2'].weight, torch.ones(348))
+    assert torch.equal(backbone.model.norm.weight, sd['backbone.ln1.weight'])
+    assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, sd['backbone.layers.0.qkv.weight'])

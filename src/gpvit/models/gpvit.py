@@ -46,6 +46,7 @@ __all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'Ungroupi
            'GroupPool', 'checkpoint_filter_fn']
 
 MIN_INPUT_SIZE = 32
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.5
 
 
 class ConvPatchEmbed(nn.Module):
@@ -129,7 +130,7 @@ class LePEAttention(nn.Module):
         pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        if torch.is_grad_enabled():  # out= has no autograd; an in-place copy into the view has
+        if a.requires_grad or pe.requires_grad:  # out= has no autograd; an in-place copy into the view has
             out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))
         else:
             torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
@@ -419,7 +420,7 @@ class GPViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # np.linspace(0, rate, depth)
         blocks = []
         for i in range(depth):
             if i in group_layers:
@@ -505,7 +506,9 @@ class GPViT(nn.Module):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
-        if (H, W) == self.grid_size:
+        # When exporting, always resample (the identity at the stored grid): comparing symbolic sizes with the
+        # stored grid would specialise the exported graph to one side of the comparison.
+        if (H, W) == self.grid_size and not _is_exporting():
             pos = self.pos_embed
         else:  # the reference's resize_pos_embed: bicubic, align_corners=False, no antialiasing
             pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
@@ -606,7 +609,7 @@ class GPViT(nn.Module):
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
-_WIDTH_TO_VARIANT = {216: 'gpvit_l1', 348: 'gpvit_l2', 432: 'gpvit_l3', 624: 'gpvit_l4'}
+_WIDTH_TO_VARIANT = {216: 'gpvit_l1', 348: 'gpvit_l2', 432: 'gpvit_l3', 624: 'gpvit_l4', 96: 'gpvit_mini'}
 
 # mmpretrain PR #1303 names -> reference names (substring replacements on backbone keys).
 _MMPRETRAIN_RENAMES = [
@@ -731,7 +734,11 @@ def checkpoint_model_args(state_dict: Dict[str, torch.Tensor]) -> Tuple[str, Dic
     if name not in _WIDTH_TO_VARIANT.values():
         raise CheckpointError(f'not a known GPViT variant: {name}')
     head = state_dict.get('head.weight')
+    n = state_dict['pos_embed'].shape[1]
+    grid = math.isqrt(n)
+    size = dict(img_size=grid * 8) if grid * grid == n else {}  # the resolution it was trained at
     return name, dict(
+        **size,
         num_classes=0 if head is None else head.shape[0],
         global_pool='group' if 'attn_pool.query' in state_dict else 'avg',
         out_norm_indices=tuple(sorted({int(k.split('.')[1]) for k in state_dict if k.startswith('out_norms.')})),
@@ -751,8 +758,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     """Convert any supported GPViT checkpoint to ``model``'s layout and check that it fits.
 
     The position embedding is resampled to the model's grid. A classifier head or attention pool the
-    checkpoint lacks (backbone-only checkpoints), or output norms a detector checkpoint lacks, stay as
-    initialised, with a warning; weights the model has
+    checkpoint lacks (backbone-only checkpoints), per-block output norms a classifier checkpoint lacks, or the
+    final norm a detector checkpoint lacks stay as initialised, with a warning; weights the model has
     no place for by construction (no head, other pool, pruned blocks) are dropped; anything else that does not
     fit raises a :class:`CheckpointError` naming the variant the checkpoint looks like.
     """
@@ -789,9 +796,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
             return model.attn_pool is None
         return False
 
-    # A classifier head is optional (backbone-only checkpoints); so are the output norms of a detector
-    # checkpoint, whose ViT-Adapter backbone runs without them (final_norm=False).
-    optional = ('head.', 'attn_pool.') + (('norm.', 'out_norms.') if dense else ())
+    # Optional: a classifier head (backbone-only checkpoints); per-block output norms, which a classifier
+    # checkpoint does not have (the reference's segmentation backbone starts them fresh); and the final norm
+    # of a detector checkpoint, whose ViT-Adapter backbone runs without it (final_norm=False).
+    optional = ('head.', 'attn_pool.', 'out_norms.') + (('norm.',) if dense else ())
     return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
                      unused=unused)
 

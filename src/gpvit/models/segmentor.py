@@ -41,17 +41,6 @@ def default_out_indices(model: nn.Module) -> Tuple[int, ...]:
     return tuple(sorted({max(0, round(depth * (k + 1) / 4) - 1) for k in range(4)}))
 
 
-def _add_out_norms(body: nn.Module, indices: Sequence[int]) -> None:
-    """Give each returned level a LayerNorm of its own, as the models' ``out_norm_indices`` argument does: GPViT's
-    last block keeps the final norm (the reference's ``ln1``), GC ViT's four levels all get new ones."""
-    last = len(body.stages) - 1 if hasattr(body, 'stages') else len(body.blocks) - 1
-    for i in indices:
-        if str(i) in body.out_norms or (not hasattr(body, 'stages') and i == last):
-            continue
-        norm = nn.LayerNorm(body.feature_info[i]['num_chs'], eps=body.norm.eps)
-        body.out_norms[str(i)] = norm.to(body.norm.weight.device)
-
-
 class DenseBackbone(nn.Module):
     """Multi-level features of a GPViT or GC ViT for dense heads.
 
@@ -77,34 +66,24 @@ class DenseBackbone(nn.Module):
         for key in ('num_classes', 'global_pool', 'features_only', 'out_norm_indices'):
             if key in kwargs:
                 raise ValueError(f'DenseBackbone sets {key} itself; got {key}={kwargs[key]!r}')
-        body = _create(name, num_classes=0, global_pool='', **kwargs)
-        if not hasattr(body, 'forward_intermediates') or not hasattr(body, 'out_norms'):
+        with torch.device('meta'):  # the architecture only (depth, feature_info): no memory, no init cost
+            probe = _create(name, num_classes=0, global_pool='', **kwargs)
+        if not hasattr(probe, 'forward_intermediates') or not hasattr(probe, 'out_norms'):
             raise ValueError(f'{name!r} is not a GPViT or GC ViT model')
-        n = len(body.stages) if hasattr(body, 'stages') else len(body.blocks)
-        out_indices = tuple(out_indices) if out_indices is not None else default_out_indices(body)
+        n = len(probe.stages) if hasattr(probe, 'stages') else len(probe.blocks)
+        out_indices = tuple(out_indices) if out_indices is not None else default_out_indices(probe)
         if not out_indices or any(not -n <= i < n for i in out_indices):
             raise ValueError(f'out_indices {out_indices} must index the {n} '
-                             f'{"stages" if hasattr(body, "stages") else "blocks"} of {name}')
+                             f'{"stages" if hasattr(probe, "stages") else "blocks"} of {name}')
         self.out_indices = tuple(sorted({i % n for i in out_indices}))
-        _add_out_norms(body, self.out_indices)
-        if checkpoint is not None:
-            self._load(body, name, checkpoint, use_ema, kwargs)
+        # Each returned level gets a LayerNorm of its own (GPViT's last block keeps the final norm, the
+        # reference's ln1); a classification checkpoint has none, so they start fresh, as in the reference.
+        body = _create(name, checkpoint=checkpoint, use_ema=use_ema, num_classes=0, global_pool='',
+                       out_norm_indices=self.out_indices, **kwargs)
         body.prune_intermediate_layers(list(self.out_indices), prune_head=True)
         self.body = body
         self.out_channels = [body.feature_info[i]['num_chs'] for i in self.out_indices]
         self.strides = [body.feature_info[i]['reduction'] for i in self.out_indices]
-
-    @staticmethod
-    def _load(body: nn.Module, name: str, checkpoint, use_ema: bool, kwargs: Dict[str, Any]) -> None:
-        src = _create(name, checkpoint=checkpoint, use_ema=use_ema, num_classes=0, global_pool='', **kwargs)
-        missing, unexpected = body.load_state_dict(src.state_dict(), strict=False)
-        bad = [k for k in missing if not k.startswith('out_norms.')]
-        if bad or unexpected:
-            raise CheckpointError(f'backbone checkpoint does not fit {name}: missing {bad[:8]}, unexpected '
-                                  f'{list(unexpected)[:8]}')
-        if missing:
-            _logger.info('%s: per-level output norms %s start fresh (not in the classification checkpoint)',
-                         name, sorted({k.split('.')[1] for k in missing}))
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.body.forward_intermediates(x, indices=list(self.out_indices), norm=True, stop_early=True,

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import time
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,38 +95,18 @@ def _short(e: BaseException, lines: int = 3) -> str:
     return ' '.join(text[:lines]) if text else type(e).__name__
 
 
-def _resampling_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-    """GPViT position embedding that always goes through the resampling (see :func:`_exportable`)."""
-    from timm.layers import resample_abs_pos_embed
-    H, W = x.shape[1:3]
-    pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
-                                 interpolation='bicubic', antialias=False)
-    return self.pos_drop(x + pos.view(1, H, W, -1))
-
-
 @contextlib.contextmanager
 def _exportable(model: nn.Module) -> Iterator[None]:
     """Make ``model`` traceable with symbolic sizes for the duration of an export; undone on exit.
 
-    * Parameters stop requiring gradients (in-place ``out=`` kernels refuse tensors that require grad).
-    * GPViT compares the token grid with the stored position-embedding grid and skips the resampling when they
-      are equal. Traced with symbolic sizes, that comparison becomes a guard (``grid != stored grid``) that
-      specialises the graph: the exported model would reject the model's own default size. The export
-      therefore always resamples, as timm's ``resample_abs_pos_embed`` does when exporting; bicubic resampling
-      to the same grid is the identity (the checks against PyTorch at the default size verify it).
+    Parameters stop requiring gradients: what is exported is the inference graph.
     """
-    from ..models.gpvit import GPViT
     grads = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in grads:
         p.requires_grad_(False)
-    patched = [m for m in model.modules() if isinstance(m, GPViT) and '_pos_embed' not in vars(m)]
-    for m in patched:
-        m._pos_embed = types.MethodType(_resampling_pos_embed, m)
     try:
         yield
     finally:
-        for m in patched:
-            del m._pos_embed
         for p, g in grads:
             p.requires_grad_(g)
 
