@@ -49,6 +49,10 @@ MIN_INPUT_SIZE = 32
 _is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.5
 
 
+def _is_tracing() -> bool:
+    return _is_exporting() or torch.compiler.is_compiling()
+
+
 class ConvPatchEmbed(nn.Module):
     """Convolutional stem, total stride 8.
 
@@ -130,7 +134,8 @@ class LePEAttention(nn.Module):
         pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        if a.requires_grad or pe.requires_grad:  # out= has no autograd; an in-place copy into the view has
+        if a.requires_grad or pe.requires_grad or _is_tracing():
+            # out= has no autograd and does not functionalise (export, compile); an in-place copy does both
             out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))
         else:
             torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
@@ -506,9 +511,9 @@ class GPViT(nn.Module):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
-        # When exporting, always resample (the identity at the stored grid): comparing symbolic sizes with the
-        # stored grid would specialise the exported graph to one side of the comparison.
-        if (H, W) == self.grid_size and not _is_exporting():
+        # When exporting or compiling, always resample (the identity at the stored grid), and test that first:
+        # comparing symbolic sizes with the stored grid would specialise the graph to the example's size.
+        if not _is_tracing() and (H, W) == self.grid_size:
             pos = self.pos_embed
         else:  # the reference's resize_pos_embed: bicubic, align_corners=False, no antialiasing
             pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
