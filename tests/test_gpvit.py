@@ -268,3 +268,19 @@ def test_group_attention_map():
     w = block.group_attention(torch.randn(2, 6, 7, 96))
     assert w.shape == (2, 6, 16, 6, 7)
     assert torch.allclose(w.sum(dim=(-2, -1)), torch.ones(2, 6, 16))
+
+
+def test_fused_mlp_inference_path_is_exact():
+    """CPU float32 inference runs fc1 + bias + GELU as one fused GEMM; it must equal timm's Mlp."""
+    from gpvit.models.layers import Mlp
+    mlp = Mlp(48, 192).eval()
+    x = torch.randn(2, 5, 7, 48)
+    with torch.no_grad():
+        fused = mlp(x)
+        reference = timm.layers.Mlp.forward(mlp, x)
+    assert torch.allclose(fused, reference, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert Mlp._fused_available  # the fused op ran (on builds with oneDNN)
+    out = mlp(x.requires_grad_())  # training takes timm's path, with gradients
+    out.sum().backward()
+    assert x.grad is not None and mlp.fc1.weight.grad is not None

@@ -33,14 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, RelPosBias, trunc_normal_
+from timm.layers import DropPath, LayerScale, RelPosBias, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ..checkpoint import CheckpointError, load_checkpoint, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import attention, check_image_input, window_partition, window_reverse
+from .layers import Mlp, attention, check_image_input, window_partition, window_reverse
 
 _logger = logging.getLogger(__name__)
 

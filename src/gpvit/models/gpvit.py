@@ -31,14 +31,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.layers import ConvNormAct, DropPath, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
 from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import attention, check_image_input, pad_amount, split_heads, window_partition
+from .layers import Mlp, attention, check_image_input, is_tracing, pad_amount, split_heads, window_partition
 
 _logger = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ __all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'Ungroupi
            'GroupPool', 'checkpoint_filter_fn']
 
 MIN_INPUT_SIZE = 32
-_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.5
-
-
-def _is_tracing() -> bool:
-    return _is_exporting() or torch.compiler.is_compiling()
 
 
 class ConvPatchEmbed(nn.Module):
@@ -134,7 +129,7 @@ class LePEAttention(nn.Module):
         pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        if a.requires_grad or pe.requires_grad or _is_tracing():
+        if a.requires_grad or pe.requires_grad or is_tracing():
             # out= has no autograd and does not functionalise (export, compile); an in-place copy does both
             out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))
         else:
@@ -300,8 +295,8 @@ class GPBlock(nn.Module):
         super().__init__()
         self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim))
         self.group = GroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
-        self.mixer = MixerBlock(dim, num_group_tokens, mixer_ratio, norm_layer=norm_layer, act_layer=act_layer,
-                                drop=proj_drop, drop_path=drop_path)
+        self.mixer = MixerBlock(dim, num_group_tokens, mixer_ratio, mlp_layer=Mlp, norm_layer=norm_layer,
+                                act_layer=act_layer, drop=proj_drop, drop_path=drop_path)
         self.ungroup = UngroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.proj = nn.Linear(2 * dim, dim)
@@ -513,7 +508,7 @@ class GPViT(nn.Module):
         H, W = x.shape[1:3]
         # When exporting or compiling, always resample (the identity at the stored grid), and test that first:
         # comparing symbolic sizes with the stored grid would specialise the graph to the example's size.
-        if not _is_tracing() and (H, W) == self.grid_size:
+        if not is_tracing() and (H, W) == self.grid_size:
             pos = self.pos_embed
         else:  # the reference's resize_pos_embed: bicubic, align_corners=False, no antialiasing
             pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
