@@ -18,7 +18,9 @@ __all__ = ['is_tracing', 'split_heads', 'merge_heads', 'attention', 'window_part
 
 
 def is_tracing() -> bool:
-    """True under ``torch.export`` / ``torch.compile``: code paths that only pay off in eager mode step aside."""
+    """True under ``torch.export``, ``torch.compile`` and TorchScript tracing: eager-only fast paths step aside."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
     exporting = getattr(torch.compiler, 'is_exporting', lambda: False)()  # torch >= 2.5
     return exporting or torch.compiler.is_compiling()
 
