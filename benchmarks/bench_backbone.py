@@ -3,9 +3,14 @@
 For each model and input size, in a fresh subprocess (so peak memory is the case's own):
   * images/s of ``model(x)`` in eval mode under ``torch.inference_mode`` (median of timed runs after warm-up);
   * achieved GFLOP/s = FLOPs of one forward (``torch.utils.flop_counter``, 2 per multiply-accumulate) / time;
-  * that figure divided by the GFLOP/s of a 2048x2048 float32 matmul measured in the same process, right
-    before the model runs: how close the model gets to the machine's dense-matmul peak;
+  * that figure divided by the GFLOP/s of a 2048x2048 float32 matmul (into a preallocated output) timed in the
+    same process, in alternation with the model so that drifts in the machine's speed hit both: how close the
+    model gets to the machine's dense-matmul peak;
   * peak resident memory (ru_maxrss) of the process, and its growth during the forward passes.
+
+Each process first calls ``gpvit.tools.bench.keep_freed_memory()`` (glibc keeps freed activations for reuse
+instead of unmapping them; the matmul and the model both run under it); ``--malloc-default`` leaves glibc's
+malloc as it is.
 
 GC ViT variants run side by side with timm's implementation of the same network (``--timm``), given the same
 weights, in the same subprocess, alternating timed runs.
@@ -44,13 +49,22 @@ def _timeit(fn: Callable[[], object], min_time: float, min_runs: int) -> List[fl
     return times
 
 
-def matmul_gflops(n: int = 2048, min_time: float = 2.0) -> float:
-    """GFLOP/s of an n x n float32 matmul (median of the timed runs, as for the model)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = _timeit(lambda: a @ b, min_time, 10)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+def matmul_op(n: int = 2048) -> Callable[[], object]:
+    """One n x n float32 matmul into a preallocated output, so that the allocator plays no part in its rate."""
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=c)
+
+
+def interleaved(fns: Dict[str, Callable[[], object]], min_time: float, min_rounds: int = 3) -> Dict[str, float]:
+    """Median seconds per call of each function, timed in alternation (one call each per round, at least 0.2 s
+    of calls for short ones) until ``min_time`` has passed: drifts in the machine's speed hit all of them."""
+    times = {k: [] for k in fns}
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or time.perf_counter() - start < min_time:
+        for k, fn in fns.items():
+            times[k] += _timeit(fn, 0.2, 1)
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _peak_rss_mb() -> float:
@@ -71,8 +85,12 @@ def _timm_twin(name: str, model: torch.nn.Module) -> Optional[torch.nn.Module]:
     return timm_counterpart(name, model)
 
 
-def run_case(name: str, size: str, min_time: float, with_timm: bool, threads: int, compile: bool) -> Dict:
+def run_case(name: str, size: str, min_time: float, with_timm: bool, threads: int, compile: bool,
+             keep_memory: bool) -> Dict:
     torch.set_num_threads(threads)
+    if keep_memory:
+        from gpvit.tools.bench import keep_freed_memory
+        keep_memory = keep_freed_memory()
     from gpvit.tools.flops import count_flops
     H, W, B = (int(v) for v in size.split('x'))
     model = _build(name)
@@ -84,26 +102,22 @@ def run_case(name: str, size: str, min_time: float, with_timm: bool, threads: in
         model = torch.compile(model)
     x = torch.randn(B, 3, H, W)
     rss_before = _peak_rss_mb()
-    peak = matmul_gflops(min_time=min_time)
-    row = dict(model=name + (' (compiled)' if compile else ''), input=f'{H}x{W}', batch=B,
-               gflops_per_image=flops / B / 1e9, matmul_gflops=peak, threads=torch.get_num_threads())
+    fns = {'model': lambda: model(x), 'matmul': matmul_op()}
+    if twin is not None:
+        fns['timm'] = lambda: twin(x)
     with torch.inference_mode():
-        for _ in range(2):
-            model(x)
-            if twin is not None:
-                twin(x)
-        if twin is not None:  # alternate the two implementations so drifts in machine load hit both
-            ours, theirs = [], []
-            deadline = time.perf_counter() + 2 * min_time
-            while len(ours) < 3 or time.perf_counter() < deadline:
-                ours += _timeit(lambda: model(x), 0, 1)
-                theirs += _timeit(lambda: twin(x), 0, 1)
-            row['timm_images_per_s'] = B / statistics.median(theirs)
-        else:
-            ours = _timeit(lambda: model(x), min_time, 3)
-    t = statistics.median(ours)
-    row.update(images_per_s=B / t, gflop_per_s=flops / t / 1e9, peak_rss_mb=_peak_rss_mb(),
-               forward_rss_growth_mb=_peak_rss_mb() - rss_before)
+        for fn in fns.values():  # warm-up
+            fn()
+            fn()
+        # The model, the matmul (and timm's twin) alternate, so drifts in machine speed hit all of them.
+        t = interleaved(fns, min_time)
+    peak = 2 * 2048 ** 3 / t['matmul'] / 1e9
+    row = dict(model=name + (' (compiled)' if compile else ''), input=f'{H}x{W}', batch=B,
+               gflops_per_image=flops / B / 1e9, matmul_gflops=peak, threads=torch.get_num_threads(),
+               keep_freed_memory=keep_memory, images_per_s=B / t['model'], gflop_per_s=flops / t['model'] / 1e9,
+               peak_rss_mb=_peak_rss_mb(), forward_rss_growth_mb=_peak_rss_mb() - rss_before)
+    if twin is not None:
+        row['timm_images_per_s'] = B / t['timm']
     row['ratio_to_matmul'] = row['gflop_per_s'] / peak
     return row
 
@@ -123,6 +137,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--timm', action='store_true', help="also time timm's GC ViT with the same weights")
     parser.add_argument('--compile', action='store_true', help='torch.compile (inductor, freezing) the model')
+    parser.add_argument('--malloc-default', action='store_true',
+                        help="leave glibc's malloc as it is (default: gpvit.tools.bench.keep_freed_memory())")
     parser.add_argument('--csv', help='also write the rows to this CSV file')
     parser.add_argument('--json', action='store_true', help='print rows as JSON lines')
     args = parser.parse_args(argv)
@@ -132,7 +148,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in args.models:
         for size in args.sizes:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_worker, args=((name, size, args.min_time, args.timm, args.threads, args.compile), queue))
+            proc = ctx.Process(target=_worker, args=((name, size, args.min_time, args.timm, args.threads, args.compile,
+                                                                  not args.malloc_default), queue))
             proc.start()
             proc.join()
             row = queue.get() if not queue.empty() else dict(model=name, input=size, error=f'exit {proc.exitcode}')
@@ -141,7 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()
                 if k not in ('model', 'input')), file=sys.stderr)
 
-    print(f'\ntorch {torch.__version__}, {args.threads} threads\n')
+    malloc = 'glibc default malloc' if args.malloc_default else 'keep_freed_memory()'
+    print(f'\ntorch {torch.__version__}, {args.threads} threads, {malloc}\n')
     has_timm = any('timm_images_per_s' in r for r in rows)
     header = ['model', 'input', 'batch', 'images/s', 'GFLOP/s', 'matmul GFLOP/s', 'ratio', 'peak RSS MB']
     header += ['timm images/s', 'vs timm'] if has_timm else []

@@ -185,9 +185,11 @@ def test_forward_intermediates_and_feature_info():
         assert torch.equal(last2[1], inter[-1].permute(0, 2, 3, 1))
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
         assert torch.equal(early[0], inter[1])
+    final_autograd, _ = model.forward_intermediates(x)  # autograd runs the standard kernels, no fused paths
+    assert torch.allclose(final_autograd, final, atol=1e-5)
     model.set_grad_checkpointing(True)
     final_ckpt, _ = model.forward_intermediates(x)
-    assert torch.allclose(final_ckpt, final, atol=1e-6)
+    assert torch.allclose(final_ckpt, final_autograd, atol=1e-6)
 
 
 def test_grad_checkpointing_gives_same_gradients():
@@ -270,17 +272,59 @@ def test_group_attention_map():
     assert torch.allclose(w.sum(dim=(-2, -1)), torch.ones(2, 6, 16))
 
 
-def test_fused_mlp_inference_path_is_exact():
-    """CPU float32 inference runs fc1 + bias + GELU as one fused GEMM; it must equal timm's Mlp."""
-    from gpvit.models.layers import Mlp
-    mlp = Mlp(48, 192).eval()
-    x = torch.randn(2, 5, 7, 48)
+def _ran_op(fn, name: str) -> bool:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return any(e.name == name for e in prof.events())
+
+
+def test_fused_linear_paths_are_exact():
+    """CPU float32 inference runs bias + GELU / bias + residual in the GEMM's epilogue; same numbers."""
+    from gpvit.models.layers import Mlp, fused_linear
+    fc = torch.nn.Linear(48, 192)
+    x, res = torch.randn(2, 5, 7, 48), torch.randn(2, 5, 7, 192)
     with torch.no_grad():
-        fused = mlp(x)
+        assert torch.allclose(fused_linear(x, fc), fc(x), atol=1e-5)
+        assert torch.allclose(fused_linear(x, fc, gelu=True), F.gelu(fc(x)), atol=1e-5)
+        assert torch.allclose(fused_linear(x, fc, residual=res), fc(x) + res, atol=1e-5)
+        assert torch.allclose(fused_linear(x, fc, residual=res[:1]), fc(x) + res[:1], atol=1e-5)  # broadcast
+        if torch.backends.mkldnn.is_available():
+            assert _ran_op(lambda: fused_linear(x, fc, residual=res), 'mkldnn::_linear_pointwise')
+    with pytest.raises(ValueError, match='cannot be combined'):
+        fused_linear(x, fc, gelu=True, residual=res)
+    mlp = Mlp(48, 192).eval()
+    with torch.no_grad():
         reference = timm.layers.Mlp.forward(mlp, x)
-    assert torch.allclose(fused, reference, atol=1e-5)
-    if torch.backends.mkldnn.is_available():
-        assert Mlp._fused_available  # the fused op ran (on builds with oneDNN)
-    out = mlp(x.requires_grad_())  # training takes timm's path, with gradients
+        assert torch.allclose(mlp(x), reference, atol=1e-5)
+        assert torch.allclose(mlp(x, residual=x), reference + x, atol=1e-5)
+        if torch.backends.mkldnn.is_available():
+            assert _ran_op(lambda: mlp(x), 'mkldnn::_linear_pointwise')
+    out = mlp(x.requires_grad_())  # with autograd: timm's path, with gradients
     out.sum().backward()
     assert x.grad is not None and mlp.fc1.weight.grad is not None
+    assert not _ran_op(lambda: mlp(x), 'mkldnn::_linear_pointwise')
+
+
+@pytest.mark.parametrize('mask', ['none', 'bool', 'float'])
+def test_explicit_short_attention_equals_sdpa(mask):
+    """Short sequences in CPU inference take explicit matmuls + softmax instead of the flash kernel."""
+    from gpvit.models import layers
+    q, k, v = torch.randn(3, 10, 24), torch.randn(3, 9, 24), torch.randn(3, 9, 30)
+    attn_mask = {'none': None, 'bool': torch.rand(3, 1, 1, 9) > 0.3, 'float': torch.randn(1, 2, 10, 9)}[mask]
+    if mask == 'bool':
+        attn_mask[..., 0] = True  # every query sees at least one key
+    expected = layers.merge_heads(F.scaled_dot_product_attention(
+        layers.split_heads(q, 2), layers.split_heads(k, 2), layers.split_heads(v, 2), attn_mask=attn_mask))
+    with torch.no_grad():
+        assert _ran_op(lambda: layers.attention(q, k, v, 2, attn_mask=attn_mask), 'aten::bmm')
+        assert torch.allclose(layers.attention(q, k, v, 2, attn_mask=attn_mask), expected, atol=1e-5)
+
+
+def test_inference_fast_paths_match_autograd_paths():
+    """The whole model: no-grad inference (fused GEMMs, explicit attention, zero-pad skip) equals the standard
+    kernels that autograd runs."""
+    model = gpvit.create_model('gpvit_mini', num_classes=5).eval()
+    x = torch.randn(2, 3, 72, 88)
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.allclose(model(x), fast, atol=1e-5)

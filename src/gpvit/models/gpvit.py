@@ -38,7 +38,8 @@ from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
 from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import Mlp, attention, check_image_input, is_tracing, pad_amount, split_heads, window_partition
+from .layers import (Mlp, attention, check_image_input, fused_linear, is_tracing, pad_amount, split_heads,
+                     window_partition)
 
 _logger = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ class ConvPatchEmbed(nn.Module):
         self.proj = nn.Conv2d(stem_width, embed_dim, 4, stride=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(self.stem(x))
+        # Channels-last convs: oneDNN (and cuDNN) run them without layout reorders, up to 1.6x faster here, and
+        # the projection's output is then already the (B, H, W, C) token map.
+        x = self.convs(self.stem(x.contiguous(memory_format=torch.channels_last)))
         H, W = x.shape[-2:]
-        x = F.pad(x, (0, pad_amount(W, 4), 0, pad_amount(H, 4)))
+        pad_h, pad_w = pad_amount(H, 4), pad_amount(W, 4)
+        if pad_h or pad_w or is_tracing():  # a zero pad would still copy the map
+            x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.proj(x).permute(0, 2, 3, 1)
 
 
@@ -135,7 +140,9 @@ class LePEAttention(nn.Module):
         else:
             torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``; plus ``residual`` if given (fused into the projection when it
+        can be, see :func:`~gpvit.models.layers.fused_linear`)."""
         B, H, W, C = x.shape
         sw, D = self.stripe_width, C // 2
         qkv = self.qkv(x)
@@ -166,7 +173,10 @@ class LePEAttention(nn.Module):
         x = out.view(B, Hp, Wp, C)
         if pad_h or pad_w:
             x = x[:, :H, :W]
-        return self.proj_drop(self.proj(x))
+        if residual is not None and not self.training:
+            return fused_linear(x, self.proj, residual=residual)
+        x = self.proj_drop(self.proj(x))
+        return x if residual is None else residual + x
 
 
 class LePEBlock(nn.Module):
@@ -200,8 +210,12 @@ class LePEBlock(nn.Module):
         self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        if self.training:
+            x = x + self.drop_path1(self.attn(self.norm1(x)))
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        else:  # drop path is the identity: the residual adds can fuse into the projections
+            x = self.attn(self.norm1(x), residual=x)
+            x = self.mlp(self.norm2(x), residual=x)
         return self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -316,7 +330,7 @@ class GPBlock(nn.Module):
         x = x.reshape(B, H * W, C)
         g = self.mixer(self.group(self.group_token, x))
         x = self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x))) if self.training else self.mlp(self.norm2(x), residual=x)
         return self.conv(x.view(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 

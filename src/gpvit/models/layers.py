@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp as _TimmMlp
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['is_tracing', 'split_heads', 'merge_heads', 'attention', 'window_partition', 'window_reverse', 'pad_amount', 'Mlp',
+__all__ = ['is_tracing', 'fused_linear', 'split_heads', 'merge_heads', 'attention', 'window_partition', 'window_reverse', 'pad_amount', 'Mlp',
            'check_image_input']
 
 
@@ -32,36 +32,80 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-class Mlp(_TimmMlp):
-    """timm's ``Mlp`` (fc1 -> act -> fc2), with a fused CPU inference path.
+class _OneDNN:
+    """Whether this PyTorch build runs ``mkldnn._linear_pointwise``; cleared on the first failure."""
+    available = True
 
-    In float32 CPU inference with the exact (erf) GELU, fc1, its bias and the GELU run as one oneDNN GEMM with
-    a fused epilogue (``mkldnn._linear_pointwise``). It computes the same numbers, and saves the two passes
-    over the ``4C``-wide hidden activations that the separate bias broadcast and GELU cost: about 1.5x faster
-    for that pair at GPViT's sizes. Training, other devices and dtypes, autocast, export, compile and dispatch
-    modes (FLOP counters, fake tensors) take timm's path; so does everything if the PyTorch build lacks the op.
+
+def _onednn_eligible(x: torch.Tensor, fc: nn.Linear) -> bool:
+    """The eager CPU float32 inference case, where fused oneDNN GEMMs may replace the standard ops."""
+    return (_OneDNN.available and x.device.type == 'cpu' and x.dtype == torch.float32
+            and fc.weight.dtype == torch.float32 and fc.weight.device.type == 'cpu'
+            and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
+            and not _autocast_on_cpu() and not is_tracing()
+            # FLOP counters, fake-tensor and other dispatch modes see the standard ops
+            and _get_current_dispatch_mode() is None)
+
+
+def fused_linear(
+        x: torch.Tensor,
+        fc: nn.Linear,
+        gelu: bool = False,
+        residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``fc(x)``, then an exact GELU if ``gelu``, then ``+ residual``: in CPU float32 inference, one GEMM.
+
+    The bias, the GELU and the residual add run in the epilogue of a oneDNN GEMM (``mkldnn._linear_pointwise``)
+    instead of as separate passes over the output; the numbers are the same. PyTorch's ``addmm`` copies the
+    broadcast bias into the output before the GEMM, and the GELU and the residual add each read and write the
+    whole output again: at GPViT's sizes these passes cost as much as a third of the GEMM. Training, other
+    devices and dtypes, autocast, export, compile and dispatch modes (FLOP counters, fake tensors) take the
+    standard ops; so does everything if the build lacks the op.
+
+    Args:
+        x: ``(..., in_features)``.
+        fc: the Linear layer.
+        gelu: apply the exact (erf) GELU to ``fc(x)``; cannot be combined with ``residual``.
+        residual: ``(..., out_features)`` added to the result.
     """
-    _fused_available = True
+    if gelu and residual is not None:
+        raise ValueError('fused_linear: gelu and residual cannot be combined')
+    if _onednn_eligible(x, fc) and (residual is None or residual.dtype == torch.float32):
+        out_shape = (*x.shape[:-1], fc.out_features)
+        x2d = x.reshape(-1, fc.in_features)
+        try:
+            if residual is None:
+                y = torch.ops.mkldnn._linear_pointwise(x2d, fc.weight, fc.bias, 'gelu' if gelu else 'none', [], 'none')
+            else:
+                y = torch.ops.mkldnn._linear_pointwise.binary(
+                    x2d, residual.expand(out_shape).reshape(-1, fc.out_features), fc.weight, fc.bias, 'add')
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _OneDNN.available = False  # not in this build: the standard ops from now on
+        else:
+            return y.view(out_shape)
+    y = fc(x)
+    if gelu:
+        y = F.gelu(y)
+    return y if residual is None else residual + y
+
+
+class Mlp(_TimmMlp):
+    """timm's ``Mlp`` (fc1 -> act -> fc2), with a fused CPU inference path and an optional residual.
+
+    ``forward(x, residual)`` returns ``residual + mlp(x)``. In float32 CPU inference with the exact GELU and no
+    dropout or norm in between, fc1 + bias + GELU and fc2 + bias + residual each run as one oneDNN GEMM
+    (:func:`fused_linear`); about 1.5x faster for the pair at GPViT's sizes. Everything else takes timm's path.
+    """
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        return (Mlp._fused_available and x.device.type == 'cpu' and x.dtype == torch.float32
-                and type(self.act) is nn.GELU and self.act.approximate == 'none' and self.fc1.bias is not None
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
-                and not _autocast_on_cpu() and not is_tracing()
-                # FLOP counters, fake-tensor and other dispatch modes see the standard ops
-                and _get_current_dispatch_mode() is None)
+        return (type(self.act) is nn.GELU and self.act.approximate == 'none' and isinstance(self.norm, nn.Identity)
+                and not self.training and _onednn_eligible(x, self.fc1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self._fusable(x):
-            try:
-                h = torch.ops.mkldnn._linear_pointwise(
-                    x.reshape(-1, x.shape[-1]), self.fc1.weight, self.fc1.bias, 'gelu', [], 'none')
-            except (RuntimeError, AttributeError, NotImplementedError):
-                Mlp._fused_available = False  # not in this build: timm's path from now on
-            else:
-                h = h.view(*x.shape[:-1], h.shape[-1])
-                return self.drop2(self.fc2(self.norm(self.drop1(h))))
-        return super().forward(x)
+            return fused_linear(fused_linear(x, self.fc1, gelu=True), self.fc2, residual=residual)
+        y = super().forward(x)
+        return y if residual is None else residual + y
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -103,11 +147,44 @@ def attention(
     qh = split_heads(q, num_heads)
     if qh.shape[0] != k.shape[0]:
         qh = qh.expand(k.shape[0], -1, -1, -1)
-    out = F.scaled_dot_product_attention(
-        qh, split_heads(k, num_heads), split_heads(v, num_heads),
-        attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
-    )
+    kh, vh = split_heads(k, num_heads), split_heads(v, num_heads)
+    if k.shape[1] <= SHORT_ATTENTION_MAX and _explicit_attention_ok(q, k, v, dropout_p):
+        return merge_heads(_explicit_attention(qh, kh, vh, scale, attn_mask))
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return merge_heads(out)
+
+
+SHORT_ATTENTION_MAX = 64
+"""Key length up to which CPU inference computes attention explicitly rather than in the flash kernel."""
+
+
+def _explicit_attention_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    return (q.device.type == 'cpu' and dropout_p == 0. and not torch.is_grad_enabled() and not is_tracing()
+            and _get_current_dispatch_mode() is None)
+
+
+def _explicit_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: Optional[float],
+        attn_mask: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask) v`` with batched matmuls, ``(B, h, L, D)`` in and out.
+
+    The CPU flash kernel works in blocks, and for many short sequences with small heads (GPViT's 56-token
+    stripes with 18 channels per head, GC ViT's 7x7 windows) its per-block overhead outweighs the work: two
+    batched matmuls and a softmax over the small ``L x L`` logits are up to 1.4x faster there. The same function
+    as ``scaled_dot_product_attention`` (inference only: no dropout, no autograd).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill_(~attn_mask, float('-inf'))
+        else:
+            logits = logits.add_(attn_mask)
+    return torch.matmul(logits.softmax(dim=-1), v)
 
 
 def pad_amount(size, multiple: int):
