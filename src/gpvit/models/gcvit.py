@@ -270,8 +270,9 @@ class GCViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self._window_attn(self.norm1(x), q_global)))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
+        if self.training or not isinstance(self.ls2, nn.Identity):
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return self.mlp(self.norm2(x), residual=x)  # drop path is the identity: the add can fuse into fc2
 
 
 class GCViTStage(nn.Module):

@@ -147,44 +147,11 @@ def attention(
     qh = split_heads(q, num_heads)
     if qh.shape[0] != k.shape[0]:
         qh = qh.expand(k.shape[0], -1, -1, -1)
-    kh, vh = split_heads(k, num_heads), split_heads(v, num_heads)
-    if k.shape[1] <= SHORT_ATTENTION_MAX and _explicit_attention_ok(q, k, v, dropout_p):
-        return merge_heads(_explicit_attention(qh, kh, vh, scale, attn_mask))
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    out = F.scaled_dot_product_attention(
+        qh, split_heads(k, num_heads), split_heads(v, num_heads),
+        attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
+    )
     return merge_heads(out)
-
-
-SHORT_ATTENTION_MAX = 64
-"""Key length up to which CPU inference computes attention explicitly rather than in the flash kernel."""
-
-
-def _explicit_attention_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    return (q.device.type == 'cpu' and dropout_p == 0. and not torch.is_grad_enabled() and not is_tracing()
-            and _get_current_dispatch_mode() is None)
-
-
-def _explicit_attention(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        scale: Optional[float],
-        attn_mask: Optional[torch.Tensor],
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask) v`` with batched matmuls, ``(B, h, L, D)`` in and out.
-
-    The CPU flash kernel works in blocks, and for many short sequences with small heads (GPViT's 56-token
-    stripes with 18 channels per head, GC ViT's 7x7 windows) its per-block overhead outweighs the work: two
-    batched matmuls and a softmax over the small ``L x L`` logits are up to 1.4x faster there. The same function
-    as ``scaled_dot_product_attention`` (inference only: no dropout, no autograd).
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q * scale, k.transpose(-2, -1))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill_(~attn_mask, float('-inf'))
-        else:
-            logits = logits.add_(attn_mask)
-    return torch.matmul(logits.softmax(dim=-1), v)
 
 
 def pad_amount(size, multiple: int):
