@@ -85,9 +85,31 @@ def _timm_twin(name: str, model: torch.nn.Module) -> Optional[torch.nn.Module]:
     return timm_counterpart(name, model)
 
 
+def use_plain_ops() -> None:
+    """Run the models the way the reference code does: separate bias, GELU and residual passes (no fused oneDNN
+    GEMMs) and attention as explicit ``softmax(q k^T) v`` matmuls. A stand-in for timing the reference's
+    computation, which cannot run here (mmcv-full 1.4.8, torch 1.7); it still skips the reference's layout copies
+    (window partitions made contiguous, separate LePE and attention outputs), so it flatters the reference."""
+    from gpvit.models import gcvit, gpvit, layers
+
+    def explicit_attention(q, k, v, num_heads, scale=None, attn_mask=None, dropout_p=0.):
+        qh = layers.split_heads(q, num_heads).expand(k.shape[0], -1, -1, -1)
+        kh, vh = layers.split_heads(k, num_heads), layers.split_heads(v, num_heads)
+        logits = (qh * (qh.shape[-1] ** -0.5 if scale is None else scale)) @ kh.transpose(-2, -1)
+        if attn_mask is not None:
+            is_bool = attn_mask.dtype == torch.bool
+            logits = logits.masked_fill(~attn_mask, float('-inf')) if is_bool else logits + attn_mask
+        return layers.merge_heads(logits.softmax(dim=-1) @ vh)
+
+    layers._OneDNN.available = False
+    gpvit.attention = gcvit.attention = explicit_attention
+
+
 def run_case(name: str, size: str, min_time: float, with_timm: bool, threads: int, compile: bool,
-             keep_memory: bool) -> Dict:
+             keep_memory: bool, plain: bool = False) -> Dict:
     torch.set_num_threads(threads)
+    if plain:
+        use_plain_ops()
     if keep_memory:
         from gpvit.tools.bench import keep_freed_memory
         keep_memory = keep_freed_memory()
@@ -112,7 +134,8 @@ def run_case(name: str, size: str, min_time: float, with_timm: bool, threads: in
         # The model, the matmul (and timm's twin) alternate, so drifts in machine speed hit all of them.
         t = interleaved(fns, min_time)
     peak = 2 * 2048 ** 3 / t['matmul'] / 1e9
-    row = dict(model=name + (' (compiled)' if compile else ''), input=f'{H}x{W}', batch=B,
+    label = name + (' (compiled)' if compile else '') + (' (plain ops)' if plain else '')
+    row = dict(model=label, input=f'{H}x{W}', batch=B,
                gflops_per_image=flops / B / 1e9, matmul_gflops=peak, threads=torch.get_num_threads(),
                keep_freed_memory=keep_memory, images_per_s=B / t['model'], gflop_per_s=flops / t['model'] / 1e9,
                peak_rss_mb=_peak_rss_mb(), forward_rss_growth_mb=_peak_rss_mb() - rss_before)
@@ -137,6 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--timm', action='store_true', help="also time timm's GC ViT with the same weights")
     parser.add_argument('--compile', action='store_true', help='torch.compile (inductor, freezing) the model')
+    parser.add_argument('--plain', action='store_true',
+                        help='plain ops like the reference code: no fused GEMMs, explicit attention (use_plain_ops)')
     parser.add_argument('--malloc-default', action='store_true',
                         help="leave glibc's malloc as it is (default: gpvit.tools.bench.keep_freed_memory())")
     parser.add_argument('--csv', help='also write the rows to this CSV file')
@@ -148,8 +173,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in args.models:
         for size in args.sizes:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_worker, args=((name, size, args.min_time, args.timm, args.threads, args.compile,
-                                                                  not args.malloc_default), queue))
+            case = (name, size, args.min_time, args.timm, args.threads, args.compile, not args.malloc_default,
+                    args.plain)
+            proc = ctx.Process(target=_worker, args=(case, queue))
             proc.start()
             proc.join()
             row = queue.get() if not queue.empty() else dict(model=name, input=size, error=f'exit {proc.exitcode}')
