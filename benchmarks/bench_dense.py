@@ -20,7 +20,7 @@ import json
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
@@ -58,15 +58,14 @@ def _targets(batch: int, h: int, w: int, device: torch.device) -> List[Dict[str,
     return out
 
 
-def bench_maskrcnn(args, device: torch.device) -> Dict[str, float]:
-    model = gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81).to(device)
-    h, w = 800, 1333
-    images = [torch.rand(3, h, w, device=device) for _ in range(args.batch)]
-    targets = _targets(args.batch, h, w, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
+def _bench_train_and_infer(args, device: torch.device, model: torch.nn.Module, train_inputs: Sequence,
+                           infer: Callable[[], object], lr: float, weight_decay: float) -> Dict[str, float]:
+    """Time a training iteration (``model(*train_inputs)`` in train mode returns the losses; their sum is
+    backpropagated, then an AdamW step) and ``infer()`` (one image) in eval mode under inference_mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     def step():
-        losses = model(images, targets)
+        losses = model(*train_inputs)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
@@ -75,30 +74,26 @@ def bench_maskrcnn(args, device: torch.device) -> Dict[str, float]:
     t_train = _median_time(step, args.warmup, args.iters, device)
     model.eval()
     with torch.inference_mode():
-        t_inf = _median_time(lambda: model(images[:1]), args.warmup, args.iters, device)
+        t_inf = _median_time(infer, args.warmup, args.iters, device)
     return {'train_it_s': 1 / t_train, 'train_img_s': args.batch / t_train, 'infer_img_s': 1 / t_inf,
             'params_M': sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def bench_maskrcnn(args, device: torch.device) -> Dict[str, float]:
+    model = gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81).to(device)
+    h, w = 800, 1333
+    images = [torch.rand(3, h, w, device=device) for _ in range(args.batch)]
+    targets = _targets(args.batch, h, w, device)
+    return _bench_train_and_infer(args, device, model, (images, targets), lambda: model(images[:1]),
+                                  lr=2e-4, weight_decay=0.05)
 
 
 def bench_upernet(args, device: torch.device) -> Dict[str, float]:
     model = gpvit.create_model('upernet', backbone='gpvit_l1', num_classes=150).to(device)
     x = torch.randn(args.batch, 3, 512, 512, device=device)
     y = torch.randint(0, 150, (args.batch, 512, 512), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1.2e-4, weight_decay=0.01)
-
-    def step():
-        losses = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
-
-    model.train()
-    t_train = _median_time(step, args.warmup, args.iters, device)
-    model.eval()
-    with torch.inference_mode():
-        t_inf = _median_time(lambda: model.inference(x[:1]), args.warmup, args.iters, device)
-    return {'train_it_s': 1 / t_train, 'train_img_s': args.batch / t_train, 'infer_img_s': 1 / t_inf,
-            'params_M': sum(p.numel() for p in model.parameters()) / 1e6}
+    return _bench_train_and_infer(args, device, model, (x, y), lambda: model.inference(x[:1]),
+                                  lr=1.2e-4, weight_decay=0.01)
 
 
 CASES = {'maskrcnn': ('GPViT-L1 Mask R-CNN', '800x1333', bench_maskrcnn),

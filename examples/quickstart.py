@@ -2,8 +2,9 @@
 
 1. Writes the digits once as an ImageFolder cache (``.cache/digits/{train,val}/<digit>/*.png``, 32x32 PNGs,
    a fixed 80 / 20 split: 1,438 training and 359 held-out images).
-2. Trains ``gpvit_mini`` with ``configs/quickstart_digits.yaml`` through the normal pipeline (the same engine
-   as ``gpvit train``), saving checkpoints, ``metrics.jsonl`` and ``curves.png`` in ``outputs/quickstart_digits``.
+2. Trains ``gpvit_mini`` with ``configs/classification/quickstart_digits.yaml`` through the normal pipeline (the
+   same engine as ``gpvit train``), saving checkpoints, ``metrics.jsonl`` and ``curves.png`` in
+   ``outputs/quickstart_digits``.
 3. Evaluates the final checkpoint on the held-out split (as ``gpvit eval`` does).
 
 Run it with ``make demo`` or ``python examples/quickstart.py [KEY=VALUE ...]`` (config overrides).
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / 'configs' / 'quickstart_digits.yaml'
+CONFIG = ROOT / 'configs' / 'classification' / 'quickstart_digits.yaml'
 CACHE = ROOT / '.cache' / 'digits'
 
 

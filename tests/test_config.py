@@ -8,7 +8,7 @@ from gpvit.cli import main as cli_main
 from gpvit.engine.config import ConfigError, apply_overrides, build_config, load_config
 from gpvit.engine.optim import effective_lr
 
-CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
+CONFIGS = Path(__file__).resolve().parent.parent / 'configs' / 'classification'
 GPVIT = {1: (0.2, 'group'), 2: (0.2, 'group'), 3: (0.3, 'avg'), 4: (0.3, 'avg')}
 # gcvit.md 1.7 / 3: test crop_pct, crop mode, img size, per-GPU batch, lr
 GCVIT = {
@@ -22,6 +22,8 @@ GCVIT = {
 
 
 def test_every_config_file_loads():
+    # one folder per task (configs/classification, detection, segmentation), no recipe at the top of configs/
+    assert not list(CONFIGS.parent.glob('*.yaml')) and not list(CONFIGS.parent.glob('*.yml'))
     names = sorted(p.stem for p in CONFIGS.glob('*.yaml'))
     expected = {f'gpvit_l{i}_in1k' for i in GPVIT} | {f'{n}_in1k' for n in GCVIT} | {'quickstart_digits'}
     assert expected <= set(names)

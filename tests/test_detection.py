@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import gpvit
+from densekit import (CONFIGS, check_config_errors, check_resume_is_bit_exact, dense_raw, train_and_reevaluate,
+                      trained_predictor)
 from gpvit.data.coco import (CocoDetection, CocoEvaluator, RandomCropAbsoluteRange, collate_detection,
                              eval_transform, polygons_to_mask, train_transform_1x, train_transform_3x)
-from gpvit.engine import train
-from gpvit.engine.config import ConfigError, build_config
-from gpvit.engine.evaluator import evaluate_checkpoint
+from gpvit.engine.config import build_config
 from gpvit.models.adapter import GPViTAdapter
 from trainkit import state_equal
 
@@ -87,20 +87,11 @@ def coco(tmp_path_factory):
 
 def det_raw(root: Path, out: Path, model: str = 'mask_rcnn', gc: bool = False):
     kwargs = dict(GCVIT if gc else MINI, detector_kwargs=SMALL_HEADS, fpn_channels=32)
-    return {
-        'task': 'detection',
-        'output_dir': str(out),
-        'model': {'name': model, 'kwargs': kwargs},
-        'data': {'root': str(root), 'train_ann': 'annotations/instances_train.json', 'train_images': 'train',
-                 'val_ann': 'annotations/instances_val.json', 'val_images': 'val', 'min_size': 64, 'max_size': 96},
-        'loader': {'batch_size': 2, 'workers': 0, 'persistent_workers': False},
-        'optim': {'lr': 2e-4, 'weight_decay': 0.05},
-        'sched': {'name': 'step', 'milestones': [3], 'warmup_iters': 1, 'warmup_ratio': 0.001,
-                  'warmup_mode': 'scaled'},
-        'train': {'iters': 4, 'eval_interval': 2, 'log_interval': 1, 'seed': 0, 'threads': 1},
-        'ckpt': {'interval': 2, 'keep_last': 2},
-        'log': {'progress': False, 'curves': False},
-    }
+    data = {'root': str(root), 'train_ann': 'annotations/instances_train.json', 'train_images': 'train',
+            'val_ann': 'annotations/instances_val.json', 'val_images': 'val', 'min_size': 64, 'max_size': 96}
+    return dense_raw('detection', out, model, kwargs, data, optim={'lr': 2e-4, 'weight_decay': 0.05},
+                     sched={'name': 'step', 'milestones': [3], 'warmup_iters': 1, 'warmup_ratio': 0.001,
+                            'warmup_mode': 'scaled'})
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -254,14 +245,10 @@ def test_detector_from_backbone_checkpoint_and_reload(tmp_path):
 # -- the engine --------------------------------------------------------------------------------------------------
 
 def test_config_errors(coco, tmp_path):
-    raw = det_raw(coco, tmp_path / 'x')
-    raw['model']['kwargs']['min_size'] = 100
-    with pytest.raises(ConfigError, match='data.min_size'):
-        build_config(raw)
-    raw = det_raw(coco, tmp_path / 'x')
-    raw['data']['recipe'] = '2x'
-    with pytest.raises(ConfigError, match='data.recipe'):
-        build_config(raw)
+    check_config_errors(lambda: det_raw(coco, tmp_path / 'x'), {
+        'model.kwargs.min_size=100': 'data.min_size',
+        'data.recipe=2x': 'data.recipe',
+    })
 
 
 @pytest.mark.parametrize('model', ['mask_rcnn', 'retinanet'])
@@ -271,41 +258,18 @@ def test_engine_train_eval_and_gpvit_eval(coco, tmp_path, model):
     if model == 'retinanet':
         raw['data']['recipe'] = '3x'
         raw['data'].update(short_sizes=[64, 80], crop_first=[64], crop_range=[40, 60], final_crop=96)
-    cfg = build_config(raw)
-    result = train(cfg)
-    assert result.step == 4
-    recs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['step'] for r in recs] == [2, 4]
-    last = recs[-1]
+    last = train_and_reevaluate(build_config(raw), 'bbox_AP')[-1]
     assert 0 <= last['val_bbox_AP'] <= 1 and last['val_images'] == 2
     assert ('val_segm_AP' in last) == (model == 'mask_rcnn')
-    metrics = evaluate_checkpoint(cfg, out / 'last.pth', device='cpu')
-    assert metrics['bbox_AP'] == pytest.approx(last['val_bbox_AP'])
 
 
 def test_resume_is_bit_exact(coco, tmp_path):
-    class Killed(Exception):
-        pass
-
-    def kill(trainer):
-        if trainer.step == 3:
-            raise Killed
-
-    ref = tmp_path / 'ref'
-    train(build_config(det_raw(coco, ref, gc=True)))
-    run = tmp_path / 'run'
-    with pytest.raises(Killed):
-        train(build_config(det_raw(coco, run, gc=True)), hooks={'after_step': kill})
-    train(build_config(det_raw(coco, run, gc=True)), resume='auto')
-    a = torch.load(ref / 'last.pth', map_location='cpu', weights_only=True)
-    b = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
-    assert a['step'] == b['step'] == 4
-    assert state_equal(a['model'], b['model']) is None
+    check_resume_is_bit_exact(lambda out: det_raw(coco, out, gc=True), tmp_path)
 
 
 def test_shipped_configs_load():
     from gpvit.engine.config import load_config
-    root = Path(__file__).resolve().parents[1] / 'configs' / 'detection'
+    root = CONFIGS / 'detection'
     dpr = {('mask_rcnn', '1x'): (0.1, 0.1, 0.1, 0.2), ('mask_rcnn', '3x'): (0.1, 0.1, 0.2, 0.2),
            ('retinanet', '1x'): (0.1, 0.1, 0.1, 0.1), ('retinanet', '3x'): (0.1, 0.1, 0.2, 0.2)}
     for v in (1, 2, 3, 4):
@@ -326,27 +290,19 @@ def test_shipped_configs_load():
 
 
 def test_gpvit_predict_draws_boxes_and_masks(coco, tmp_path, capsys):
-    import yaml
-    from gpvit.cli import main
     out = tmp_path / 'run'
-    raw = det_raw(coco, out, 'mask_rcnn')
-    raw['train'].update(iters=2, eval_interval=2)
-    cfg_path = tmp_path / 'det.yaml'
-    cfg_path.write_text(yaml.safe_dump(raw))
-    train(build_config(raw))
+    predict = trained_predictor(det_raw(coco, out, 'mask_rcnn'), tmp_path / 'det.yaml')
     ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=True)
     assert ckpt['classes'] == ['square', 'triangle']
     image = coco / 'val' / 'val_000.png'
     png = tmp_path / 'pred.png'
     # score threshold 0: every detection of the (barely trained) model is drawn
-    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
-                 '--score-thr', '0', '--out', str(png), str(image)]) == 0
+    assert predict(image, png, '--score-thr', '0') == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     drawn, original = np.array(Image.open(png)), np.array(Image.open(image))
     assert drawn.shape == original.shape
     assert len(summary['detections']) > 0 and not np.array_equal(drawn, original)
     assert all(d['label'] in ('square', 'triangle') for d in summary['detections'])
     # nothing above a score of 1: the image comes back unchanged
-    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
-                 '--score-thr', '1.01', '--out', str(png), str(image)]) == 0
+    assert predict(image, png, '--score-thr', '1.01') == 0
     assert np.array_equal(np.array(Image.open(png)), original)

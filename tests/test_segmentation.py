@@ -11,13 +11,12 @@ from PIL import Image
 
 import gpvit
 from gpvit.data.ade import ADE20KDataset, SegEvalTransform, SegTrainTransform, collate_seg
-from gpvit.engine import train
-from gpvit.engine.config import ConfigError, build_config
-from gpvit.engine.evaluator import evaluate_checkpoint
+from densekit import (CONFIGS, check_config_errors, check_resume_is_bit_exact, dense_raw, train_and_reevaluate,
+                      trained_predictor)
+from gpvit.engine.config import build_config
 from gpvit.models.heads import SegFormerHead, UperNetHead
 from gpvit.models.segmentor import Segmentor
 from gpvit.tasks.segmentation import MIoUEvaluator
-from trainkit import state_equal
 
 NUM_CLASSES = 3
 TINY = dict(backbone='gpvit_mini', embed_dim=48, img_size=32)  # a reduced gpvit_mini
@@ -72,20 +71,10 @@ def seg_raw(root: Path, out: Path, model: str = 'upernet', **model_kwargs):
     kwargs = dict(TINY, channels=32, **model_kwargs)
     if model == 'upernet':
         kwargs.setdefault('aux_channels', 16)
-    return {
-        'task': 'segmentation',
-        'output_dir': str(out),
-        'model': {'name': model, 'kwargs': kwargs},
-        'data': {'root': str(root), 'num_classes': NUM_CLASSES,
-                 'train_aug': {'scale': [96, 64], 'ratio_range': [0.75, 1.25], 'crop_size': [48, 48]},
-                 'test_scale': [64, 64]},
-        'loader': {'batch_size': 2, 'workers': 0, 'persistent_workers': False},
-        'optim': {'lr': 1e-3, 'weight_decay': 0.01},
-        'sched': {'name': 'poly', 'warmup_iters': 1, 'warmup_ratio': 0.1, 'warmup_mode': 'scaled'},
-        'train': {'iters': 4, 'eval_interval': 2, 'log_interval': 1, 'seed': 0, 'threads': 1},
-        'ckpt': {'interval': 2, 'keep_last': 2},
-        'log': {'progress': False, 'curves': False},
-    }
+    data = {'root': str(root), 'num_classes': NUM_CLASSES, 'test_scale': [64, 64],
+            'train_aug': {'scale': [96, 64], 'ratio_range': [0.75, 1.25], 'crop_size': [48, 48]}}
+    return dense_raw('segmentation', out, model, kwargs, data, optim={'lr': 1e-3, 'weight_decay': 0.01},
+                     sched={'name': 'poly', 'warmup_iters': 1, 'warmup_ratio': 0.1, 'warmup_mode': 'scaled'})
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -237,18 +226,11 @@ def test_backbone_from_classification_checkpoint(tmp_path):
 # -- the engine ----------------------------------------------------------------------------------------------
 
 def test_config_errors(ade, tmp_path):
-    raw = seg_raw(ade, tmp_path / 'x')
-    raw['model']['kwargs']['num_classes'] = 5
-    with pytest.raises(ConfigError, match='num_classes'):
-        build_config(raw)
-    raw = seg_raw(ade, tmp_path / 'x')
-    raw['data']['train_aug']['ratio_range'] = [2.0, 1.0]
-    with pytest.raises(ConfigError, match='ratio_range'):
-        build_config(raw)
-    raw = seg_raw(ade, tmp_path / 'x')
-    raw['data']['inference'] = 'tile'
-    with pytest.raises(ConfigError, match='data.inference'):
-        build_config(raw)
+    check_config_errors(lambda: seg_raw(ade, tmp_path / 'x'), {
+        'model.kwargs.num_classes=5': 'num_classes',
+        'data.train_aug.ratio_range=[2.0, 1.0]': 'ratio_range',
+        'data.inference=tile': 'data.inference',
+    })
 
 
 @pytest.mark.parametrize('model', ['upernet', 'segformer'])
@@ -260,70 +242,77 @@ def test_engine_train_eval_and_gpvit_eval(ade, tmp_path, model):
         raw['data']['inference'] = 'slide'
         raw['data']['slide_crop'] = [48, 48]
         raw['data']['slide_stride'] = [32, 32]
-    cfg = build_config(raw)
-    result = train(cfg)
-    assert result.step == 4
-    recs = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['step'] for r in recs] == [2, 4]
+    recs = train_and_reevaluate(build_config(raw), 'mIoU')
     last = recs[-1]
     assert 0 <= last['val_mIoU'] <= 1 and last['val_images'] == 3 and last['val_clipped_labels'] == 16
     assert recs[0]['train_skipped_images'] + recs[1]['train_skipped_images'] >= 0
     assert 'train_loss_decode' in last
     ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=True)
     assert ckpt['model_spec']['name'] == model and ckpt['task'] == 'segmentation'
-    metrics = evaluate_checkpoint(cfg, out / 'last.pth', device='cpu')
-    assert metrics['mIoU'] == pytest.approx(last['val_mIoU'])
 
 
 def test_resume_is_bit_exact(ade, tmp_path):
-    class Killed(Exception):
-        pass
+    check_resume_is_bit_exact(lambda out: seg_raw(ade, out), tmp_path)
 
-    def kill(trainer):
-        if trainer.step == 3:
-            raise Killed
 
-    ref = tmp_path / 'ref'
-    train(build_config(seg_raw(ade, ref)))
-    run = tmp_path / 'run'
-    with pytest.raises(Killed):
-        train(build_config(seg_raw(ade, run)), hooks={'after_step': kill})
-    assert torch.load(run / 'last.pth', weights_only=True)['step'] == 2
-    train(build_config(seg_raw(ade, run)), resume='auto')
-    a = torch.load(ref / 'last.pth', map_location='cpu', weights_only=True)
-    b = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
-    assert a['step'] == b['step'] == 4
-    assert state_equal(a['model'], b['model']) is None
+def _check_ade_recipe(cfg, head: str) -> None:
+    """gpvit.md 6.2: AdamW 1.2e-4, wd 0.01, poly with a 1500-iteration warmup, 160k iterations of global batch 32
+    (2 per GPU), 512x512 crops of ADE20K (150 classes), head lr x10 for the SegFormer head only."""
+    assert cfg.task == 'segmentation' and cfg.model.name == head and cfg.model.kwargs['num_classes'] == 150
+    assert cfg.train.iters == 160000 and cfg.sched.name == 'poly' and cfg.sched.warmup_iters == 1500
+    assert cfg.optim.lr == pytest.approx(1.2e-4) and cfg.optim.weight_decay == 0.01
+    assert cfg.train.global_batch == 32 and cfg.loader.batch_size == 2
+    assert tuple(cfg.data.train_aug.crop_size) == (512, 512) and cfg.data.num_classes == 150
+    assert (cfg.optim.lr_mult == {'decode_head': 10.0}) == (head == 'segformer')
 
 
 def test_shipped_configs_load():
-    root = Path(__file__).resolve().parents[1] / 'configs' / 'segmentation'
     from gpvit.engine.config import load_config
+    root = CONFIGS / 'segmentation'
+    names = {p.stem for p in root.glob('*.yaml')}
+    expected = {f'gpvit_l{v}_{head}' for v in (1, 2, 3, 4) for head in ('upernet', 'segformer')}
+    assert expected | {'gc_vit_tiny_upernet'} <= names
+    for name in sorted(names):
+        assert load_config(root / f'{name}.yaml').task == 'segmentation'
     for v in (1, 2, 3, 4):
         for head in ('upernet', 'segformer'):
             cfg = load_config(root / f'gpvit_l{v}_{head}.yaml')
-            assert cfg.task == 'segmentation' and cfg.model.name == head
+            _check_ade_recipe(cfg, head)
             assert cfg.model.kwargs['backbone'] == f'gpvit_l{v}'
-            assert cfg.train.iters == 160000 and cfg.sched.name == 'poly' and cfg.sched.warmup_iters == 1500
-            assert cfg.optim.lr == pytest.approx(1.2e-4) and cfg.optim.weight_decay == 0.01
             assert cfg.model.kwargs['drop_path_rate'] == (0.1 if v <= 2 else 0.2)
-            assert (cfg.optim.lr_mult == {'decode_head': 10.0}) == (head == 'segformer')
+    # GC ViT releases no segmentation recipe (gcvit.md 4): the GPViT UperNet recipe with the GC ViT detection
+    # backbone's windows of 24 and drop path 0.2; the head and its auxiliary FCN as the GPViT config's.
+    cfg = load_config(root / 'gc_vit_tiny_upernet.yaml')
+    _check_ade_recipe(cfg, 'upernet')
+    k = cfg.model.kwargs
+    assert (k['backbone'], k['window_size'], k['drop_path_rate'], k['out_indices']) == \
+        ('gc_vit_tiny', 24, 0.2, [0, 1, 2, 3])
+    ref = load_config(root / 'gpvit_l1_upernet.yaml')
+    head_keys = ('channels', 'pool_scales', 'aux_channels', 'aux_in_index', 'aux_weight')
+    assert {key: k[key] for key in head_keys} == {key: ref.model.kwargs[key] for key in head_keys}
+    assert (cfg.data, cfg.optim, cfg.sched, cfg.train) == (ref.data, ref.optim, ref.sched, ref.train)
+
+
+def test_gc_vit_upernet_config_builds_a_working_model():
+    """The shipped GC ViT UperNet's model arguments (windows of 24, the four stage maps, the head settings) with
+    a 1-block-per-stage, 16-wide GC ViT: a training step gives both losses, inference logits at the image size."""
+    from gpvit.engine.config import load_config
+    cfg = load_config(CONFIGS / 'segmentation' / 'gc_vit_tiny_upernet.yaml')
+    model = gpvit.create_model(cfg.model.name, **dict(cfg.model.kwargs, embed_dim=16, depths=(1, 1, 1, 1),
+                                                      num_heads=(1, 1, 2, 2)))
+    assert model.backbone.strides == [4, 8, 16, 32] and model.backbone.body.window_size == ((24, 24),) * 4
+    x, y = torch.randn(2, 3, 64, 96), torch.randint(0, 150, (2, 64, 96))
+    losses = model.train()(x, y)
+    assert set(losses) == {'loss_decode', 'loss_aux'} and all(torch.isfinite(v) for v in losses.values())
+    assert model.eval()(x[:1]).shape == (1, 150, 64, 96)
 
 
 def test_gpvit_predict_draws_the_segmentation(ade, tmp_path, capsys):
-    from gpvit.cli import main
     out = tmp_path / 'run'
-    raw = seg_raw(ade, out, 'segformer')
-    raw['train']['iters'] = 2
-    raw['train']['eval_interval'] = 2
-    cfg_path = tmp_path / 'seg.yaml'
-    import yaml
-    cfg_path.write_text(yaml.safe_dump(raw))
-    train(build_config(raw))
+    predict = trained_predictor(seg_raw(ade, out, 'segformer'), tmp_path / 'seg.yaml')
     image = ade / 'images' / 'validation' / 'validation_000.jpg'
     png = tmp_path / 'pred.png'
-    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
-                 '--out', str(png), str(image)]) == 0
+    assert predict(image, png) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     drawn = np.array(Image.open(png))
     original = np.array(Image.open(image))
@@ -332,9 +321,8 @@ def test_gpvit_predict_draws_the_segmentation(ade, tmp_path, capsys):
     assert {int(k) for k in summary['classes']} <= set(range(NUM_CLASSES))  # JSON keys are strings
     # the drawing is the palette colour of each predicted class blended 50/50 with the image
     from gpvit.commands.predict import palette
-    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'last.pth'), '--device', 'cpu',
-                 '--out', str(png), '--alpha', '1.0', str(image)]) == 0
+    assert predict(image, png, '--alpha', '1.0') == 0
     drawn = np.array(Image.open(png))
     colours = {tuple(c) for c in palette(NUM_CLASSES)[list(map(int, summary['classes']))]}
     assert {tuple(p) for p in drawn.reshape(-1, 3)} <= colours
-    assert main(['predict', '--config', str(cfg_path), '--checkpoint', str(out / 'missing.pth'), str(image)]) == 2
+    assert predict(image, png, checkpoint=out / 'missing.pth') == 2

@@ -115,8 +115,8 @@ def test_wrong_folder_layout_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.skipif('gc_vit_xxtiny' not in gpvit.list_models(), reason='the GC ViT models are not in this tree yet')
 def test_gcvit_recipe_runs_through_the_same_engine(tmp_path):
-    """configs/gc_vit_xxtiny_in1k.yaml (EMA, Mixup/CutMix, RandAugment, random interpolation, clipping 5), shrunk to
-    64 px, two epochs on a tiny folder."""
+    """configs/classification/gc_vit_xxtiny_in1k.yaml (EMA, Mixup/CutMix, RandAugment, random interpolation,
+    clipping 5), shrunk to 64 px, two epochs on a tiny folder."""
     data = make_image_folder(tmp_path / 'data', classes=2, per_class=4, val_per_class=2, size=72, corrupt=False)
     from gpvit.engine import load_config
     from test_config import CONFIGS

@@ -1,13 +1,14 @@
 """``gpvit train --config FILE [KEY=VALUE ...]``: train a configuration (see docs/training.md).
 
 Multi-GPU / multi-node: start it with torchrun, e.g.
-``torchrun --nproc_per_node 8 -m gpvit.cli train --config configs/gpvit_l1_in1k.yaml data.root=/data/imagenet``.
+``torchrun --nproc_per_node 8 -m gpvit.cli train --config configs/classification/gpvit_l1_in1k.yaml
+data.root=/data/imagenet``.
 """
 import argparse
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--config', '-c', required=True, help='YAML config file (configs/*.yaml)')
+    p.add_argument('--config', '-c', required=True, help='YAML config file (configs/<task>/*.yaml)')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
                    help='override config values, e.g. optim.lr=1e-3 data.root=/data/imagenet (values read as YAML)')
     p.add_argument('--set', dest='set_overrides', action='append', default=[], metavar='KEY=VALUE',
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('train', help='train a model from a config file',
-                       description='Train a configuration (configs/*.yaml). Values can be overridden as KEY=VALUE; '
-                                   'an unknown key or a bad value fails before any work. Under torchrun, every '
-                                   'process runs this command (DistributedDataParallel).')
+                       description='Train a configuration (configs/<task>/*.yaml). Values can be overridden as '
+                                   'KEY=VALUE; an unknown key or a bad value fails before any work. Under torchrun, '
+                                   'every process runs this command (DistributedDataParallel).')
     add_config_args(p)
     p.add_argument('--resume', default=None, metavar='auto|PATH',
                    help="'auto': continue from OUTPUT_DIR/last.pth if it exists; or a checkpoint path")
