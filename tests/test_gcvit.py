@@ -7,6 +7,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, assert_bad_input_raises,
+                         assert_bf16_autocast_close, assert_checkpointing_keeps_gradients,
+                         assert_intermediates_match_feature_info, assert_reset_classifier)
 from fill import fill, load_manifest
 from timm.models import group_parameters
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
@@ -318,17 +321,9 @@ def test_mmdet_checkpoint_backbone(xxtiny):
 # Input errors
 # ----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('shape, message', [
-    ((3, 224, 224), '4-D'),
-    ((1, 1, 224, 224), '3 input channels'),
-    ((1, 224, 224, 3), 'channels-last'),
-    ((1, 3, 224, 20), 'at least 32x32'),
-])
+@pytest.mark.parametrize('shape, message', BAD_INPUTS + [((1, 3, 224, 20), 'at least 32x32')])
 def test_bad_input_raises_value_error(xxtiny_model, shape, message):
-    with pytest.raises(ValueError, match=message):
-        xxtiny_model(torch.randn(*shape))
-    with pytest.raises(ValueError, match=message):
-        xxtiny_model.forward_intermediates(torch.randn(*shape))
+    assert_bad_input_raises(xxtiny_model, shape, message)
 
 
 def test_bad_constructor_values():
@@ -364,16 +359,11 @@ def test_registered_in_timm_next_to_timms_own():
 def test_forward_intermediates_and_feature_info(xxtiny_model):
     model = copy.deepcopy(xxtiny_model)
     x = torch.randn(1, 3, 96, 128)
+    final, inter = assert_intermediates_match_feature_info(model, x, atol=1e-5)
+    assert len(inter) == 4
     with torch.no_grad():
-        final, inter = model.forward_intermediates(x)
-        assert torch.allclose(final, model.forward_features(x), atol=1e-5)
-        assert len(inter) == len(model.feature_info) == 4
-        for info, feat in zip(model.feature_info, inter):
-            assert feat.shape == (1, info['num_chs'], 96 // info['reduction'], 128 // info['reduction'])
         normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True, output_fmt='NHWC')
         assert torch.allclose(normed[0], final.permute(0, 2, 3, 1), atol=1e-5)
-        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
-        assert torch.equal(early[0], inter[1])
     model.set_grad_checkpointing(True)
     final_ckpt, _ = model.forward_intermediates(x)
     assert torch.allclose(final_ckpt, final, atol=1e-5)
@@ -390,37 +380,16 @@ def test_features_only_matches_feature_info():
 
 def test_grad_checkpointing_gives_same_gradients():
     model = gpvit.create_model('gc_vit_xxtiny', num_classes=3, drop_path_rate=0.)
-    x = torch.randn(2, 3, 64, 64)
-    model(x).square().sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).square().sum().backward()
-    for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, plain[n], atol=1e-5, rtol=1e-4), n
+    assert_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64))
 
 
 def test_backward_reaches_every_parameter():
     model = gpvit.create_model('gc_vit_xtiny', num_classes=4)  # has layer-scale-free blocks of every kind
-    model(torch.randn(2, 3, 64, 80)).logsumexp(-1).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    dead = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
-    assert dead == []
+    assert_backward_reaches_every_parameter(model, torch.randn(2, 3, 64, 80))
 
 
 def test_reset_classifier(xxtiny_model):
-    model = copy.deepcopy(xxtiny_model)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        model.reset_classifier(0)
-        assert model(x).shape == (1, 512)
-        model.reset_classifier(0, '')
-        assert model(x).shape == (1, 512, 2, 2)
-        model.reset_classifier(7, 'avg')
-        assert model(x).shape == (1, 7)
-        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, 512)
-    with pytest.raises(ValueError, match='global_pool'):
-        model.reset_classifier(7, 'token')
+    assert_reset_classifier(copy.deepcopy(xxtiny_model), torch.randn(1, 3, 64, 64), (512, 2, 2))
 
 
 def test_no_weight_decay_and_group_matcher():
@@ -437,13 +406,7 @@ def test_no_weight_decay_and_group_matcher():
 
 
 def test_bf16_autocast_cpu(xxtiny_model):
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        ref = xxtiny_model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = xxtiny_model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    assert_bf16_autocast_close(xxtiny_model, torch.randn(1, 3, 96, 96))
 
 
 # ----------------------------------------------------------------------------------------------------------

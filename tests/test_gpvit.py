@@ -5,6 +5,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, assert_bad_input_raises,
+                         assert_bf16_autocast_close, assert_checkpointing_keeps_gradients,
+                         assert_intermediates_match_feature_info, assert_reset_classifier)
 from fill import fill, load_manifest
 from timm.models import group_parameters
 
@@ -119,18 +122,9 @@ def test_padding_rule_is_local():
     assert (batched - single).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize('shape, message', [
-    ((3, 224, 224), '4-D'),
-    ((1, 1, 224, 224), '3 input channels'),
-    ((1, 224, 224, 3), 'channels-last'),
-    ((1, 3, 16, 224), 'at least 32x32'),
-])
+@pytest.mark.parametrize('shape, message', BAD_INPUTS + [((1, 3, 16, 224), 'at least 32x32')])
 def test_bad_input_raises_value_error(shape, message):
-    model = gpvit.create_model('gpvit_mini').eval()
-    with pytest.raises(ValueError, match=message):
-        model(torch.randn(*shape))
-    with pytest.raises(ValueError, match=message):
-        model.forward_intermediates(torch.randn(*shape))
+    assert_bad_input_raises(gpvit.create_model('gpvit_mini').eval(), shape, message)
 
 
 def test_bad_constructor_values():
@@ -174,17 +168,12 @@ def test_reference_quirks():
 def test_forward_intermediates_and_feature_info():
     model = gpvit.create_model('gpvit_mini').eval()
     x = torch.randn(2, 3, 64, 96)
+    final, inter = assert_intermediates_match_feature_info(model, x, atol=1e-6)
+    assert len(inter) == len(model.blocks)
     with torch.no_grad():
-        final, inter = model.forward_intermediates(x)
-        assert torch.allclose(final, model.forward_features(x), atol=1e-6)
-        assert len(inter) == len(model.blocks) == len(model.feature_info)
-        for info, feat in zip(model.feature_info, inter):
-            assert feat.shape == (2, info['num_chs'], 64 // info['reduction'], 96 // info['reduction'])
         last2 = model.forward_intermediates(x, indices=2, intermediates_only=True, output_fmt='NHWC')
         assert [f.shape for f in last2] == [(2, 8, 12, 96)] * 2
         assert torch.equal(last2[1], inter[-1].permute(0, 2, 3, 1))
-        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
-        assert torch.equal(early[0], inter[1])
     final_autograd, _ = model.forward_intermediates(x)  # autograd runs the standard kernels, no fused paths
     assert torch.allclose(final_autograd, final, atol=1e-5)
     model.set_grad_checkpointing(True)
@@ -193,43 +182,26 @@ def test_forward_intermediates_and_feature_info():
 
 
 def test_grad_checkpointing_gives_same_gradients():
-    model = gpvit.create_model('gpvit_mini', num_classes=3)
-    x = torch.randn(2, 3, 64, 64)
-    model(x).square().sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).square().sum().backward()
-    for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, plain[n], atol=1e-5, rtol=1e-4), n
+    assert_checkpointing_keeps_gradients(gpvit.create_model('gpvit_mini', num_classes=3), torch.randn(2, 3, 64, 64))
 
 
 def test_backward_reaches_every_parameter():
     model = gpvit.create_model('gpvit_mini', num_classes=4, global_pool='group')
     with torch.no_grad():
         model.attn_pool.query.normal_()  # zero at init (as the reference), which blocks its norm's gradient
-    model(torch.randn(2, 3, 48, 64)).logsumexp(-1).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
     # Provably inert (golden README): a key bias under softmax, a token-mixing bias ahead of a LayerNorm.
     inert = ('group.k.bias', 'ungroup.k.bias', 'mlp_tokens.fc2.bias')
-    dead = [n for n, p in model.named_parameters() if not n.endswith(inert) and not p.grad.abs().sum() > 0]
-    assert dead == []
+    assert_backward_reaches_every_parameter(model, torch.randn(2, 3, 48, 64), inert)
 
 
 def test_reset_classifier_and_pooling():
     model = gpvit.create_model('gpvit_l1').eval()
     x = torch.randn(1, 3, 64, 64)
-    model.reset_classifier(0)
-    assert model(x).shape == (1, 216)
-    model.reset_classifier(0, '')
-    assert model(x).shape == (1, 216, 8, 8)
-    model.reset_classifier(7, 'avg')
-    assert model.attn_pool is None and model(x).shape == (1, 7)
+    assert_reset_classifier(model, x, (216, 8, 8))
+    assert model.attn_pool is None  # 'avg' dropped it
     model.reset_classifier(7, 'group')
     assert model.attn_pool is not None and model(x).shape == (1, 7)
     assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, 216)
-    with pytest.raises(ValueError, match='global_pool'):
-        model.reset_classifier(7, 'token')
 
 
 def test_no_weight_decay_and_group_matcher():
@@ -253,14 +225,7 @@ def test_features_only():
 
 
 def test_bf16_autocast_cpu():
-    model = gpvit.create_model('gpvit_mini').eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    assert_bf16_autocast_close(gpvit.create_model('gpvit_mini').eval(), torch.randn(2, 3, 64, 64))
 
 
 def test_group_attention_map():

@@ -23,8 +23,8 @@ import torch.nn as nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'reconcile', 'load_checkpoint',
-           'register_checkpoint_family', 'identify', 'atomic_save', 'save_safetensors']
+__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'convert_family_checkpoint', 'reconcile',
+           'load_checkpoint', 'register_checkpoint_family', 'identify', 'atomic_save', 'save_safetensors']
 
 StateDict = Dict[str, torch.Tensor]
 _MAX_LISTED = 8
@@ -127,6 +127,52 @@ def read_checkpoint(
         except SafetensorError as e:
             raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e
     return unwrap_state_dict(_torch_load(path, weights_only), use_ema)
+
+
+def convert_family_checkpoint(
+        state_dict: Mapping,
+        to_project_layout: Callable[[StateDict], Optional[Tuple[StateDict, List[str]]]],
+        dense_prefixes: Tuple[str, ...],
+        *,
+        family: str,
+        layouts: str,
+        unexpected_in: str,
+        logger: logging.Logger,
+) -> Tuple[StateDict, bool]:
+    """The first steps of a family's ``checkpoint_filter_fn``: unwrap the container, convert to the project's layout.
+
+    The keys ``to_project_layout`` sets aside are accepted only from a detector or segmentor checkpoint (one of
+    them starts with one of ``dense_prefixes``, its heads' names); they are left out, with an info message.
+
+    Args:
+        state_dict: a loaded checkpoint of any supported layout.
+        to_project_layout: the family's converter, ``state_dict -> (state_dict, set_aside_keys)`` or None.
+        dense_prefixes: top-level prefixes of the family's detector / segmentor checkpoints that are not backbone.
+        family: the family's name in messages (``'GPViT'``).
+        layouts: the supported layouts, listed in the error for a checkpoint of none of them.
+        unexpected_in: what the error for other keys set aside calls the checkpoint (``'GPViT classifier'``).
+        logger: where the info message goes (the family module's logger).
+
+    Returns:
+        ``(state_dict, dense)``: the state dict in the project's layout, and whether it came from a detector or
+        segmentor checkpoint.
+
+    Raises:
+        CheckpointError: not a checkpoint of this family, or keys set aside that are not a dense model's parts.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    converted = to_project_layout(state_dict)
+    if converted is None:
+        raise CheckpointError(f'not a {family} checkpoint in any supported layout ({layouts}); '
+                              f'first keys: {list(state_dict)[:_MAX_LISTED]}')
+    state_dict, set_aside = converted
+    dense = any(k.startswith(dense_prefixes) for k in set_aside)
+    if set_aside and not dense:
+        raise CheckpointError(f'unexpected keys in a {unexpected_in} checkpoint: {set_aside[:_MAX_LISTED]}')
+    if set_aside:
+        logger.info('loading the %s backbone of a detection/segmentation checkpoint; %d keys of its other parts '
+                    'set aside', family, len(set_aside))
+    return state_dict, dense
 
 
 def _model_name(model: nn.Module) -> str:

@@ -33,21 +33,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, RelPosBias, trunc_normal_
+from timm.layers import DropPath, LayerScale, RelPosBias
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 
-from ..checkpoint import CheckpointError, load_checkpoint, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import Mlp, attention, check_image_input, window_partition, window_reverse
+from ..checkpoint import (CheckpointError, convert_family_checkpoint, load_checkpoint, reconcile,
+                          register_checkpoint_family)
+from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
+from .layers import Mlp, attention, window_partition, window_reverse
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ['GCViT', 'SqueezeExcite', 'MbConvBlock', 'Downsample', 'GlobalQueryGen', 'WindowAttention', 'GCViTBlock',
            'GCViTStage', 'checkpoint_filter_fn', 'to_project_layout', 'to_timm_layout', 'timm_counterpart']
 
-MIN_INPUT_SIZE = 32
 WINDOW_RATIO = (32, 32, 16, 32)  # reference windows: img_size / ratio, i.e. 7, 7, 14, 7 at 224
 QUERY_DEPTHS = (3, 2, 1, 1)  # fused-MBConv blocks of each stage's global query generator
 Size2 = Tuple[int, int]
@@ -334,13 +334,19 @@ def _per_stage_windows(
     return tuple((w, w) for w in window_size)
 
 
-class GCViT(nn.Module):
+class GCViT(Backbone):
     """GC ViT backbone and classifier.
 
     ``forward_features`` returns the final map ``(B, 8C, H/32, W/32)`` after the final LayerNorm; the head
     average-pools it and applies a Linear classifier. Dense models (``features_only=True``) return the four stage
-    maps through LayerNorms of their own, as the reference detection backbone does.
+    maps through LayerNorms of their own, as the reference detection backbone does. The timm API
+    (:class:`~gpvit.models.backbone.Backbone`) runs the stages as its levels; their widths differ, so only the last
+    stage falls back to the final norm.
     """
+
+    level_attr = 'stages'
+    global_pools = ('avg', '')
+    final_norm_on_all_levels = False
 
     def __init__(
             self,
@@ -388,8 +394,7 @@ class GCViT(nn.Module):
             weight_init: ``'reference'`` reproduces the reference initialisation; ``'skip'`` leaves PyTorch's.
         """
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self._check_global_pool(global_pool)
         num_stages = len(depths)
         if num_stages != 4 or len(num_heads) != 4:
             raise ValueError(f'GC ViT has 4 stages: depths {tuple(depths)} and num_heads {tuple(num_heads)} must give '
@@ -425,24 +430,13 @@ class GCViT(nn.Module):
             str(i): nn.LayerNorm(dims[i]) for i in sorted({i % num_stages for i in out_norm_indices})})
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        if weight_init == 'reference':
-            self.init_weights()
-        elif weight_init != 'skip':
-            raise ValueError(f"weight_init must be 'reference' or 'skip', got {weight_init!r}")
+        self._apply_weight_init(weight_init)
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """The reference initialisation: every Linear truncated normal (std 0.02) with zero bias, LayerNorms
         1 / 0, relative-position tables truncated normal 0.02 (done by ``RelPosBias``); convs keep PyTorch's."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_layernorm(self)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -462,110 +456,19 @@ class GCViT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant, so it works under DDP)."""
+        """Recompute each block in the backward pass (non-reentrant, so it works under DDP); the stages do it,
+        as their blocks share the stage's global query."""
         for stage in self.stages:
             stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier; ``global_pool`` ``'avg'`` or ``''`` (then forward returns the map)."""
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def load_pretrained(self, path: str) -> None:
         """timm's ``custom_load`` hook for ``pretrained=True``: read a downloaded reference file (a timm
         CheckpointSaver dict, with pickled training arguments) and convert it like any other checkpoint."""
         load_checkpoint(self, path)
 
-    def _out_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if str(index) in self.out_norms:
-            return self.out_norms[str(index)](x)
-        return self.norm(x) if index == len(self.stages) - 1 else x
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> ``(B, 8C, H/32, W/32)`` (sizes rounded up at each stride) after the final norm."""
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        x = self.stages(self.stem(x))
-        return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, 8C, h, w)`` -> logits ``(B, num_classes)``, pooled features if ``pre_logits``; no pooling with
-        ``global_pool=''``."""
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs at strides 4, 8, 16, 32.
-
-        Args:
-            x: ``(B, 3, H, W)`` images, any size >= 32.
-            indices: last n stages if int, all if None, else the given stage indices.
-            norm: pass each intermediate through its LayerNorm: ``out_norms[i]`` where the model has one (dense
-                models), else the final norm for the last stage; other stages are returned as they are.
-            stop_early: stop after the last requested stage (only with ``intermediates_only``).
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: return only the list of intermediates.
-
-        Returns:
-            The list of intermediates, or ``(final features, intermediates)`` where the final features equal
-            :meth:`forward_features`.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        x = self.stem(x)
-        stages = self.stages[:max_index + 1] if intermediates_only and stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self._out_norm(i, x) if norm else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages after the last of ``indices``, out norms of other stages, and the final norm if asked
-        or if no kept intermediate uses it (the last stage was dropped or has its own out norm)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_dropped = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        for key in [k for k in self.out_norms if int(k) not in take_indices]:
-            del self.out_norms[key]
-        if prune_norm or last_dropped or str(max_index) in self.out_norms:
-            self.norm = nn.Identity()
-        if last_dropped:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or last_dropped:
-            self.reset_classifier(0, '')
-        return take_indices
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-4 conv stem: ``(B, 3, H, W)`` -> ``(B, H/4, W/4, C)`` (sizes rounded up at each stride)."""
+        return self.stem(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -735,19 +638,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
     dropped; anything else that does not fit raises a :class:`CheckpointError` naming the variant the checkpoint
     looks like.
     """
-    state_dict = unwrap_state_dict(state_dict)
-    converted = to_project_layout(state_dict)
-    if converted is None:
-        raise CheckpointError(
-            f'not a GC ViT checkpoint in any supported layout (reference NVlabs, timm gcvit, gpvit); '
-            f'first keys: {list(state_dict)[:8]}')
-    state_dict, set_aside = converted
-    dense = any(k.startswith(_DENSE_PREFIXES) for k in set_aside)
-    if set_aside and not dense:
-        raise CheckpointError(f'unexpected keys in a GC ViT checkpoint: {set_aside[:8]}')
-    if set_aside:
-        _logger.info('loading the GC ViT backbone of a detection/segmentation checkpoint; %d keys of its other '
-                     'parts set aside', len(set_aside))
+    state_dict, _ = convert_family_checkpoint(
+        state_dict, to_project_layout, _DENSE_PREFIXES, family='GC ViT', layouts='reference NVlabs, timm gcvit, gpvit',
+        unexpected_in='GC ViT', logger=_logger)
     looks_like = _looks_like(state_dict)
 
     own = model.state_dict()
@@ -758,24 +651,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
                 module = model.get_submodule(key.rsplit('.', 1)[0])
                 state_dict[key] = resize_rel_pos_bias_table_simple(table, module.window_size, tuple(target.shape))
 
-    num_stages = len(model.stages)
-
-    def unused(key: str) -> bool:
-        head = key.split('.')[0]
-        if head == 'stages':
-            return int(key.split('.')[1]) >= num_stages
-        if head == 'out_norms':
-            return key.split('.')[1] not in model.out_norms
-        if head == 'norm':
-            return isinstance(model.norm, nn.Identity)
-        if head == 'head':
-            return model.num_classes == 0
-        return False
-
     # The final norm is optional where no output uses it (a dense model's last stage has its own out norm; the
     # reference detection backbone has no final norm), as are the head and the out norms of dense models.
-    optional = ('head.', 'out_norms.') + (('norm.',) if str(num_stages - 1) in model.out_norms else ())
-    return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional), unused=unused)
+    optional = ('head.', 'out_norms.') + (('norm.',) if str(len(model.stages) - 1) in model.out_norms else ())
+    return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional),
+                     unused=model._no_place_for)
 
 
 register_checkpoint_family(GCViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
@@ -899,20 +779,10 @@ _VARIANTS = {
 
 
 def _create_gcvit(variant: str, pretrained: bool = False, **kwargs) -> GCViT:
-    feature_cfg = dict(feature_cls='getter', out_indices=(0, 1, 2, 3), norm=True)
-    if kwargs.get('features_only'):
-        # Dense-task features: each requested stage output through a LayerNorm of its own (reference detection
-        # backbone's norm0..norm3); the final norm and the head go.
-        take, _ = feature_take_indices(len(kwargs.get('depths', (0,) * 4)),
-                                       kwargs.get('out_indices', feature_cfg['out_indices']))
-        kwargs.setdefault('out_norm_indices', tuple(take))
-        kwargs.update(num_classes=0, global_pool='')
-    return build_model_with_cfg(
-        GCViT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    # Dense-task features: each requested stage output through a LayerNorm of its own (reference detection
+    # backbone's norm0..norm3); the final norm and the head go.
+    return build_backbone(GCViT, variant, pretrained, checkpoint_filter_fn, len(kwargs.get('depths', (0,) * 4)),
+                          (0, 1, 2, 3), **kwargs)
 
 
 @register_model

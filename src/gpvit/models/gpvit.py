@@ -32,21 +32,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, DropPath, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
-from ..checkpoint import CheckpointError, reconcile, register_checkpoint_family, unwrap_state_dict
-from .layers import (Mlp, attention, check_image_input, fused_linear, is_tracing, pad_amount, split_heads,
-                     window_partition)
+from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile, register_checkpoint_family
+from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
+from .layers import Mlp, attention, fused_linear, is_tracing, pad_amount, split_heads, window_partition
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'UngroupingAttention', 'GPBlock',
            'GroupPool', 'checkpoint_filter_fn']
-
-MIN_INPUT_SIZE = 32
 
 
 class ConvPatchEmbed(nn.Module):
@@ -352,13 +349,20 @@ class GroupPool(nn.Module):
         return attention(self.norm(self.query), self.k(x), x, self.num_heads).squeeze(1)
 
 
-class GPViT(nn.Module):
+class GPViT(Backbone):
     """GPViT backbone and classifier.
 
     Twelve blocks at stride 8: local stripe-attention blocks everywhere except the GP blocks named in
     ``group_layers``. ``forward_features`` returns the final map ``(B, C, H/8, W/8)`` (after the final
     LayerNorm); the head pools it (attention pool ``'group'`` or ``'avg'``) and applies a Linear classifier.
+    The timm API (:class:`~gpvit.models.backbone.Backbone`) runs the blocks as its levels; every block has the
+    final norm's width, so ``forward_intermediates(norm=True)`` passes a block without an out norm of its own
+    through the final norm.
     """
+
+    level_attr = 'blocks'
+    global_pools = ('group', 'avg', '')
+    final_norm_on_all_levels = True
 
     def __init__(
             self,
@@ -414,8 +418,7 @@ class GPViT(nn.Module):
             weight_init: ``'reference'`` reproduces the reference initialisation; ``'skip'`` leaves PyTorch's.
         """
         super().__init__()
-        if global_pool not in ('group', 'avg', ''):
-            raise ValueError(f"global_pool must be 'group', 'avg' or '', got {global_pool!r}")
+        self._check_global_pool(global_pool)
         group_layers = dict(group_layers)
         if any(not 0 <= i < depth for i in group_layers):
             raise ValueError(f'group_layers {sorted(group_layers)} must index blocks 0..{depth - 1}')
@@ -455,11 +458,7 @@ class GPViT(nn.Module):
         self.attn_pool = GroupPool(embed_dim, group_heads) if global_pool == 'group' else None
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        if weight_init == 'reference':
-            self.init_weights()
-        elif weight_init != 'skip':
-            raise ValueError(f"weight_init must be 'reference' or 'skip', got {weight_init!r}")
+        self._apply_weight_init(weight_init)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -469,14 +468,7 @@ class GPViT(nn.Module):
         embedding and group tokens: truncated normal 0.02; classifier: normal (std 0.01), bias 0. Convolutions
         keep PyTorch's default, BatchNorm 1 / 0, the attention-pool query zeros.
         """
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_layernorm(self)
         trunc_normal_(self.pos_embed, std=.02)
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=.01)
@@ -496,27 +488,19 @@ class GPViT(nn.Module):
             blocks=[(r'^blocks\.(\d+)', None), (r'^norm|^out_norms', (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant, so it works under DDP)."""
-        self.grad_checkpointing = enable
+    def _set_global_pool(self, global_pool: str) -> None:
+        """``'group'`` builds the attention pool if there is none; ``'avg'`` and ``''`` drop it."""
+        if global_pool == 'group' and self.attn_pool is None:
+            self.attn_pool = GroupPool(self.embed_dim, self.group_heads).to(self.pos_embed.device)
+        elif global_pool != 'group':
+            self.attn_pool = None
+        self.global_pool = global_pool
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier; ``global_pool`` ``'group'``, ``'avg'`` or ``''`` (forward returns the map)."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('group', 'avg', ''):
-                raise ValueError(f"global_pool must be 'group', 'avg' or '', got {global_pool!r}")
-            if global_pool == 'group' and self.attn_pool is None:
-                self.attn_pool = GroupPool(self.embed_dim, self.group_heads).to(self.pos_embed.device)
-            elif global_pool != 'group':
-                self.attn_pool = None
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, C)``: the attention pool with ``global_pool='group'``, else as the base."""
+        if self.global_pool == 'group':
+            return self.attn_pool(x.flatten(2).transpose(1, 2))
+        return super()._pool(x)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
@@ -529,94 +513,24 @@ class GPViT(nn.Module):
                                          interpolation='bicubic', antialias=False)
         return self.pos_drop(x + pos.view(1, H, W, -1))
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv stem, then the position embedding: ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), C)``."""
         return self._pos_embed(self.patch_embed(x))
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block, recomputed in the backward pass with gradient checkpointing (the ViT-Adapter runs the
+        blocks through this too)."""
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def _out_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        norm = self.out_norms[str(index)] if str(index) in self.out_norms else self.norm
-        return norm(x)
+    _run_level = _run_block
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> ``(B, C, ceil(H/8), ceil(W/8))`` after the final LayerNorm."""
-        x = self._stem(x)
-        for blk in self.blocks:
-            x = self._run_block(blk, x)
-        return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, C, h, w)`` -> logits ``(B, num_classes)``, pooled features if ``pre_logits``; no pooling with
-        ``global_pool=''``."""
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(2, 3))
-        elif self.global_pool == 'group':
-            x = self.attn_pool(x.flatten(2).transpose(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Block outputs, all at stride 8.
-
-        Args:
-            x: ``(B, 3, H, W)`` images.
-            indices: last n blocks if int, all if None, else the given block indices.
-            norm: pass each intermediate through its LayerNorm: ``out_norms[i]`` where the model has one for
-                block i (the reference segmentation backbone's ``norm{i}``), else the final norm.
-            stop_early: stop after the last requested block (only with ``intermediates_only``).
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: return only the list of intermediates.
-
-        Returns:
-            The list of intermediates, or ``(final features, intermediates)`` where the final features equal
-            :meth:`forward_features`.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._stem(x)
-        blocks = self.blocks[:max_index + 1] if intermediates_only and stop_early else self.blocks
-        intermediates = []
-        for i, blk in enumerate(blocks):
-            x = self._run_block(blk, x)
-            if i in take_indices:
-                y = self._out_norm(i, x) if norm else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks after the last of ``indices`` (and the final norm / head if asked)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        for key in [k for k in self.out_norms if int(k) not in take_indices]:
-            del self.out_norms[key]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+    def _no_place_for(self, key: str) -> bool:
+        """As the base, and the attention pool's keys when the model pools otherwise."""
+        if key.split('.')[0] == 'attn_pool':
+            return self.attn_pool is None
+        return super()._no_place_for(key)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -777,45 +691,19 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     no place for by construction (no head, other pool, pruned blocks) are dropped; anything else that does not
     fit raises a :class:`CheckpointError` naming the variant the checkpoint looks like.
     """
-    state_dict = unwrap_state_dict(state_dict)
-    converted = to_project_layout(state_dict)
-    if converted is None:
-        raise CheckpointError(
-            f'not a GPViT checkpoint in any supported layout (reference mmcls/mmdet/mmseg, mmpretrain, gpvit); '
-            f'first keys: {list(state_dict)[:8]}')
-    state_dict, set_aside = converted
-    dense = any(k.startswith(_DENSE_PREFIXES) for k in set_aside)
-    if set_aside and not dense:
-        raise CheckpointError(f'unexpected keys in a GPViT classifier checkpoint: {set_aside[:8]}')
-    if set_aside:
-        _logger.info('loading the GPViT backbone of a detection/segmentation checkpoint; %d keys of its other '
-                     'parts set aside', len(set_aside))
+    state_dict, dense = convert_family_checkpoint(
+        state_dict, to_project_layout, _DENSE_PREFIXES, family='GPViT',
+        layouts='reference mmcls/mmdet/mmseg, mmpretrain, gpvit', unexpected_in='GPViT classifier', logger=_logger)
     pos = state_dict.get('pos_embed')
     if pos is not None and pos.shape != model.pos_embed.shape and pos.shape[-1] == model.pos_embed.shape[-1]:
         state_dict['pos_embed'] = _resample_pos_embed(pos, model.grid_size)
-
-    depth = len(model.blocks)
-
-    def unused(key: str) -> bool:
-        head = key.split('.')[0]
-        if head == 'blocks':
-            return int(key.split('.')[1]) >= depth
-        if head == 'out_norms':
-            return key.split('.')[1] not in model.out_norms
-        if head == 'norm':
-            return isinstance(model.norm, nn.Identity)
-        if head == 'head':
-            return model.num_classes == 0
-        if head == 'attn_pool':
-            return model.attn_pool is None
-        return False
 
     # Optional: a classifier head (backbone-only checkpoints); per-block output norms, which a classifier
     # checkpoint does not have (the reference's segmentation backbone starts them fresh); and the final norm
     # of a detector checkpoint, whose ViT-Adapter backbone runs without it (final_norm=False).
     optional = ('head.', 'attn_pool.', 'out_norms.') + (('norm.',) if dense else ())
     return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
-                     unused=unused)
+                     unused=model._no_place_for)
 
 
 register_checkpoint_family(GPViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
@@ -826,18 +714,9 @@ register_checkpoint_family(GPViT, checkpoint_filter_fn, to_project_layout, check
 # ---------------------------------------------------------------------------------------------------------------
 
 def _create_gpvit(variant: str, pretrained: bool = False, **kwargs) -> GPViT:
-    feature_cfg = dict(feature_cls='getter', out_indices=(2, 5, 8, 11), norm=True)
-    if kwargs.get('features_only'):
-        # Dense-task features: each requested block output through a LayerNorm of its own (reference GPViTSeg).
-        take, _ = feature_take_indices(kwargs.get('depth', 12), kwargs.get('out_indices', feature_cfg['out_indices']))
-        kwargs.setdefault('out_norm_indices', tuple(take))
-        kwargs.update(num_classes=0, global_pool='')  # the wrapper prunes the head anyway
-    return build_model_with_cfg(
-        GPViT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    # Dense-task features: each requested block output through a LayerNorm of its own (reference GPViTSeg).
+    return build_backbone(GPViT, variant, pretrained, checkpoint_filter_fn, kwargs.get('depth', 12), (2, 5, 8, 11),
+                          **kwargs)
 
 
 def _cfg(**kwargs) -> Dict:
