@@ -1,6 +1,9 @@
 """``gpvit bench``: measurements, the appendix and Figure 5 suites, timeouts, OOM, reports."""
 import csv
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +137,48 @@ def test_bench_bad_input(capsys):
     assert 'unknown model' in capsys.readouterr().err
     assert main(['bench', '--models', 'gpvit_mini', '--sizes', '64x']) == 2
     assert 'input size' in capsys.readouterr().err
+
+
+_RSS_AFTER_FREE = '''
+import platform, sys, torch
+from gpvit.tools.bench import keep_freed_memory
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+applied = keep_freed_memory() if sys.argv[1] == 'keep' else None
+assert applied in (None, platform.libc_ver()[0] == 'glibc'), applied
+before = rss_mb()
+x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+del x
+print(rss_mb() - before)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc tuning is Linux-only')
+def test_keep_freed_memory_keeps_freed_activations_mapped():
+    """After ``keep_freed_memory()`` a freed 64 MiB tensor stays in the process for reuse; by default glibc
+    unmaps it at once."""
+    import platform
+    if platform.libc_ver()[0] != 'glibc':
+        pytest.skip('not glibc')
+    grown = {mode: float(subprocess.run([sys.executable, '-c', _RSS_AFTER_FREE, mode], check=True, text=True,
+                                        capture_output=True).stdout) for mode in ('default', 'keep')}
+    assert grown['default'] < 16 and grown['keep'] > 48, grown
+
+
+@pytest.mark.parametrize('script, args', [
+    ('bench_backbone.py', ['--models', 'gpvit_mini', '--sizes', '64x64x1', '--min-time', '0.2']),
+    ('bench_backbone.py', ['--models', 'gpvit_mini', '--sizes', '64x64x1', '--min-time', '0.2', '--plain',
+                           '--malloc-default']),
+    ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1']),
+])
+def test_benchmark_scripts_run(script, args):
+    """The backbone benchmark scripts (not part of the package) still run and print their tables."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / 'benchmarks' / script), *args], check=True, text=True,
+                         capture_output=True, timeout=600).stdout
+    rows = [line for line in out.splitlines() if line.startswith('| gpvit_mini') or line.startswith('| MLP')]
+    assert rows, out
+    if script == 'bench_backbone.py':
+        ratio = float(rows[0].split('|')[7])
+        assert 0 < ratio < 2, rows[0]
