@@ -327,7 +327,10 @@ class GPBlock(nn.Module):
         x = x.reshape(B, H * W, C)
         g = self.mixer(self.group(self.group_token, x))
         x = self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
-        x = x + self.drop_path2(self.mlp(self.norm2(x))) if self.training else self.mlp(self.norm2(x), residual=x)
+        if self.training:
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        else:  # drop path is the identity: the residual add can fuse into fc2
+            x = self.mlp(self.norm2(x), residual=x)
         return self.conv(x.view(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
