@@ -25,6 +25,8 @@ import gpvit
 from gpvit.models.gpvit import GPViT, LePEBlock
 from gpvit.tools.bench import keep_freed_memory
 
+from bench_backbone import matmul_op  # this script's folder is on sys.path when it runs
+
 
 def model_parts(model: GPViT) -> Dict[nn.Module, str]:
     """Non-overlapping modules of the model -> the part they belong to."""
@@ -61,7 +63,7 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
     for mod, part in parts.items():
         mod.register_forward_pre_hook(lambda m, args: starts.__setitem__(m, time.perf_counter()))
         mod.register_forward_hook(lambda m, args, out, part=part: spent.update({part: time.perf_counter() - starts[m]}))
-    a, b, c = torch.randn(2048, 2048), torch.randn(2048, 2048), torch.empty(2048, 2048)
+    matmul = matmul_op()
     model_time = matmul_time = 0.
     with torch.inference_mode():
         model(x)
@@ -73,7 +75,7 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
             model_time += time.perf_counter() - t
             t = time.perf_counter()
             for _ in range(3):
-                torch.mm(a, b, out=c)
+                matmul()
             matmul_time += (time.perf_counter() - t) / 3
     T, peak = model_time / iters, 2 * 2048 ** 3 / (matmul_time / iters) / 1e9
     lines = [f'{name} {H}x{W} batch {B}: {T * 1e3:.0f} ms per forward, {total_flops / T / 1e9:.0f} GFLOP/s, '

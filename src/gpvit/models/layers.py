@@ -98,12 +98,14 @@ class Mlp(_TimmMlp):
     activation costs page faults (glibc's default malloc, large inputs). Everything else takes timm's path.
     """
 
-    def _fusable(self, x: torch.Tensor) -> bool:
+    def _fusable(self) -> bool:
+        """fc1 -> exact GELU -> fc2 with nothing in between (eval: dropout is the identity); :func:`fused_linear`
+        decides per call whether the fused GEMMs may run, and falls back to the same plain ops otherwise."""
         return (type(self.act) is nn.GELU and self.act.approximate == 'none' and isinstance(self.norm, nn.Identity)
-                and not self.training and _onednn_eligible(x, self.fc1))
+                and not self.training)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self._fusable(x):
+        if self._fusable():
             return fused_linear(fused_linear(x, self.fc1, gelu=True), self.fc2, residual=residual)
         y = super().forward(x)
         return y if residual is None else residual + y
