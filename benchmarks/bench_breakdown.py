@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import gpvit
 from gpvit.models.gpvit import GPViT, LePEBlock
 from gpvit.tools.bench import keep_freed_memory
+from gpvit.tools.flops import register_sdpa_flop_formulas
 
 from bench_backbone import matmul_op  # this script's folder is on sys.path when it runs
 
@@ -51,6 +52,7 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
     x = torch.randn(B, 3, H, W)
     parts = model_parts(model)
     paths = {mod: f'{type(model).__name__}.{path}' for path, mod in model.named_modules() if mod in parts}
+    register_sdpa_flop_formulas()  # CPU attention counted on every torch (done at import; explicit here)
     with FlopCounterMode(display=False) as counter:
         model(x)
     counts = counter.get_flop_counts()
