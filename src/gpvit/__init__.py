@@ -6,7 +6,7 @@
 from .checkpoint import CheckpointError, identify, load_checkpoint, read_checkpoint
 from .factory import create_model, list_models
 from .models import GCViT, GPViT
+from .version import __version__
 
-__version__ = '0.1.0'
 __all__ = ['GCViT', 'GPViT', 'CheckpointError', 'create_model', 'identify', 'list_models', 'load_checkpoint',
            'read_checkpoint', '__version__']

@@ -5,11 +5,13 @@ import logging
 import sys
 from typing import List, Optional
 
+from .version import __version__
+
 __all__ = ['main', 'build_parser']
 
 # Each module defines ``register(subparsers)``, which adds its sub-command and sets ``func(args) -> int``.
 COMMAND_MODULES = (
-    'gpvit.commands.convert',
+    'gpvit.commands.configs', 'gpvit.commands.convert',
     'gpvit.commands.train', 'gpvit.commands.eval', 'gpvit.commands.lmdb',
     'gpvit.commands.models', 'gpvit.commands.bench', 'gpvit.commands.visualize', 'gpvit.commands.export',
     'gpvit.commands.predict',
@@ -19,6 +21,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpvit', description='GPViT and GC ViT: models, checkpoints, training.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log at INFO level')
+    parser.add_argument('--version', action='version', version=f'gpvit {__version__}')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequen
 
 import yaml
 
+from .recipes import resolve_config
+
 __all__ = ['ConfigError', 'Config', 'ModelConfig', 'LoaderConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig',
            'EmaConfig', 'CkptConfig', 'LogConfig', 'load_config', 'build_config', 'apply_overrides', 'to_dict',
            'checked', 'dump_config']
@@ -175,6 +177,7 @@ class LogConfig:
 class Config:
     """A whole run."""
     task: str = 'classification'
+    dataset: str = ''  # what the recipe is for (ImageNet-1k, COCO 2017, ADE20K): shown by `gpvit configs`, nothing else
     output_dir: str = 'runs/default'
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None  # the task's schema (e.g. gpvit.tasks.classification.ClassificationDataConfig)
@@ -424,12 +427,17 @@ def build_config(raw: Mapping[str, Any]) -> Config:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config file (or the defaults if ``path`` is None), apply overrides, validate."""
+    """Load a YAML config (or the defaults if ``path`` is None), apply overrides, validate.
+
+    ``path`` is a file, or the name of a packaged recipe (``gpvit_l1_in1k``; see
+    :func:`gpvit.engine.recipes.resolve_config`).
+    """
     raw: Dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'config file not found: {path}')
+        try:
+            path = resolve_config(path)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
         try:
             raw = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as e:
