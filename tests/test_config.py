@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpvit.cli import main as cli_main
 from gpvit.engine.config import ConfigError, apply_overrides, build_config, load_config
@@ -190,3 +191,48 @@ def test_a_task_that_cannot_be_imported_does_not_break_the_others(monkeypatch):
     with pytest.raises(ConfigError, match=r"^task: 'no_such_task_module' is not available here: importing "
                                           r"gpvit\.tasks\.no_such_task_module failed with ModuleNotFoundError"):
         tasks.get_task('no_such_task_module')
+
+
+@pytest.mark.parametrize('recipe, module', [('gpvit_l1_upernet', 'torchmetrics'), ('gpvit_l1_maskrcnn_1x', 'pycocotools')])
+def test_a_missing_extra_is_a_config_error(recipe, module, monkeypatch):
+    """A dense task whose metric package is not installed fails when the config is read, before any work."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == module else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=rf'^task: \w+ needs packages that are not installed: {module} '
+                                          r'\(pip install "gpvit\[dense\]"\)'):
+        load_config(recipe)
+    monkeypatch.undo()
+    assert load_config(recipe).task in ('segmentation', 'detection')
+
+
+def test_recipes_by_name_from_anywhere(tmp_path, monkeypatch, capsys):
+    """Packaged recipes load by name, by task/name and by the docs' configs/ paths from any directory; an existing
+    file wins; a wrong name is a one-line error naming the closest recipes."""
+    from gpvit.engine.recipes import RECIPE_DIR, list_recipes, resolve_config
+    monkeypatch.chdir(tmp_path)
+    packaged = RECIPE_DIR / 'classification' / 'gpvit_l1_in1k.yaml'
+    for spec in ('gpvit_l1_in1k', 'gpvit_l1_in1k.yaml', 'classification/gpvit_l1_in1k',
+                 'configs/classification/gpvit_l1_in1k.yaml'):
+        assert resolve_config(spec) == packaged
+    assert load_config('gpvit_l1_in1k') == load_config(packaged)
+    own = tmp_path / 'gpvit_l1_in1k.yaml'  # a file of the same name in the working directory wins
+    own.write_text(packaged.read_text().replace('drop_path_rate: 0.2', 'drop_path_rate: 0.05'))
+    assert load_config('gpvit_l1_in1k.yaml').model.kwargs['drop_path_rate'] == 0.05
+    assert load_config('gpvit_l1_in1k').model.kwargs['drop_path_rate'] == 0.2
+    with pytest.raises(ConfigError, match=r'^config file not found: gpvit_l1_inlk is neither a file nor a packaged '
+                                          r'recipe; did you mean gpvit_l1_in1k'):
+        load_config('gpvit_l1_inlk')
+    with pytest.raises(ConfigError, match='not found: elsewhere/gpvit_l1_in1k.yaml'):
+        load_config('elsewhere/gpvit_l1_in1k.yaml')  # a path that is not the docs' configs/<task>/ layout
+    # the listing: every file of the package, with task, model and dataset read from it
+    recipes = {r.name: r for r in list_recipes()}
+    assert len(recipes) == len(list(RECIPE_DIR.rglob('*.yaml')))
+    assert (recipes['gpvit_l1_maskrcnn_1x'].task, recipes['gpvit_l1_maskrcnn_1x'].model,
+            recipes['gpvit_l1_maskrcnn_1x'].dataset) == ('detection', 'mask_rcnn (gpvit_l1)', 'COCO 2017')
+    assert {r.dataset for r in recipes.values()} == {'ImageNet-1k', 'COCO 2017', 'ADE20K', 'scikit-learn digits'}
+    assert cli_main(['configs', '--task', 'segmentation']) == 0
+    out = capsys.readouterr().out
+    assert '| `gpvit_l1_upernet` | segmentation | upernet (gpvit_l1) | ADE20K |' in out and 'in1k' not in out
+    assert cli_main(['train', '--config', 'gpvit_l1_in1k', '--print-config']) == 0
+    assert yaml.safe_load(capsys.readouterr().out)['model']['name'] == 'gpvit_l1'

@@ -429,11 +429,8 @@ def test_nvlabs_file_with_ema_and_training_state(xxtiny, tmp_path):
     assert _same_weights(plain, expected) and not _same_weights(ema, expected)
     with pytest.raises(CheckpointError, match='no EMA'):
         gpvit.create_model('gc_vit_xxtiny', checkpoint={'state_dict': sd}, use_ema=True)
-    # pretrained=True: the cfg's custom_load hands the downloaded file to our reader (the plain weights) ...
-    model = timm.create_model('gc_vit_xxtiny', pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(path), custom_load=True))
-    assert _same_weights(model, expected)
-    # ... while timm's own file loader, through our filter, prefers the EMA weights (timm's convention).
+    # pretrained=True from a downloaded release file reads the plain weights (tests/test_hub.py); timm's own
+    # file loader (pretrained_cfg file=) prefers the EMA weights, timm's convention, and our filter converts them.
     model = timm.create_model('gc_vit_xxtiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert _same_weights(model, ema.state_dict())
 

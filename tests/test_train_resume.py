@@ -111,3 +111,33 @@ def test_sigkill_at_any_moment_then_resume_auto(folder, tmp_path):
     rc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr[-2000:]
     _compare_runs(ref, run)
+
+
+def test_a_failed_evaluation_loses_no_training(folder, tmp_path, monkeypatch):
+    """The period's checkpoint is written before its evaluation: an evaluation that dies (a missing package,
+    out of memory) leaves last.pth at the period's end, and the resumed run evaluates it first, then ends as the
+    uninterrupted run (weights and metrics.jsonl)."""
+    from gpvit.tasks.classification import ClassificationTask
+    ref = tmp_path / 'uninterrupted'
+    train(tiny_config(folder['root'], ref, **STRICT))
+
+    run = tmp_path / 'eval_failed'
+    evaluate = ClassificationTask.evaluate
+    calls = []
+
+    def failing_evaluate(self, model, loader):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2's evaluation (each period evaluates the model, then the EMA)
+            raise ModuleNotFoundError("No module named 'a_metric_package'")
+        return evaluate(self, model, loader)
+
+    monkeypatch.setattr(ClassificationTask, 'evaluate', failing_evaluate)
+    with pytest.raises(ModuleNotFoundError):
+        train(tiny_config(folder['root'], run, **STRICT))
+    state = torch.load(run / 'last.pth', weights_only=True)
+    assert state['step'] == 8 and state['pending_record']['step'] == 8  # epoch 2's training is saved
+    assert len(_records(run)) == 1
+    monkeypatch.setattr(ClassificationTask, 'evaluate', evaluate)
+    train(tiny_config(folder['root'], run, **STRICT), resume='auto')
+    assert 'pending_record' not in torch.load(run / 'last.pth', weights_only=True)
+    _compare_runs(ref, run)

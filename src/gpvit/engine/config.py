@@ -417,6 +417,9 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     if not isinstance(task_name, str):
         raise ConfigError(f'task: expected a task name, got {task_name!r}')
     task_cls = get_task(task_name)
+    missing = task_cls.missing_requirements()
+    if missing:
+        raise ConfigError(f'task: {task_name} needs packages that are not installed: {", ".join(missing)}')
     data = raw.pop('data', None) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f'data: expected a mapping (section), got {data!r}')

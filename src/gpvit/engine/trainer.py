@@ -197,6 +197,7 @@ class _Trainer:
         self.step = 0
         self.epoch = 0
         self.best: Optional[Dict[str, Any]] = None
+        self.pending_record: Optional[Dict[str, Any]] = None  # a period saved before its evaluation ran
         self.history: List[Dict[str, Any]] = []
         self.task.train_begin(_unwrap(self.model))
         self._resume()
@@ -233,6 +234,7 @@ class _Trainer:
                 raise ConfigError(f'ema.enabled: the checkpoint {path} has no EMA weights')
             self.ema.module.load_state_dict(state['model_ema'])
         self.step, self.epoch, self.best = state['step'], state['epoch'], state.get('best')
+        self.pending_record = state.get('pending_record')
         if state.get('iters_per_epoch') != self.length.per_epoch or state.get('global_batch') != self.global_batch:
             _logger.warning('resuming with another data layout (updates per epoch %s -> %d, global batch %s -> %d): '
                             'the run continues but will not reproduce an uninterrupted one',
@@ -276,8 +278,13 @@ class _Trainer:
             state['classes'] = list(classes)
         return state
 
-    def _save(self, metrics: Optional[Dict[str, float]], numbered: Optional[int], is_best: bool) -> None:
+    def _save(self, metrics: Optional[Dict[str, float]], numbered: Optional[int], is_best: bool,
+              pending: Optional[Dict[str, Any]] = None) -> None:
+        """Write ``last.pth`` (and ``checkpoint-N.pth``, ``best.pth``); ``pending``: the record of a period whose
+        evaluation has not run yet (saved with it, completed on resume)."""
         state = self._state(metrics)
+        if pending is not None:
+            state['pending_record'] = pending
         if self.dist.is_main:
             self.ckpt.save(state, numbered)
             if is_best:
@@ -326,6 +333,10 @@ class _Trainer:
         if t.eval_at_start and self.step == 0:
             m = self.evaluate()
             _logger.info('before training: %s', _fmt(m))
+        if self.pending_record is not None:  # resumed after a period whose evaluation did not finish
+            _logger.info('evaluating the period that ended at update %d before training on', self.step)
+            record, self.pending_record = self.pending_record, None
+            self._complete_period(record, evaluate=self.val_loader is not None)
         period_sums: Dict[str, float] = {}
         counts: Dict[str, float] = {}
         period_start = time.time()
@@ -411,9 +422,13 @@ class _Trainer:
         return grad_norm
 
     def _end_period(self, sums: Dict[str, float], counts: Dict[str, float], start: float) -> None:
-        """End of an epoch (or evaluation interval): reduce the training stats, evaluate, log, checkpoint."""
-        cfg, t = self.cfg, self.cfg.train
-        length = self.length
+        """End of an epoch (or evaluation interval): reduce the training stats, evaluate, log, checkpoint.
+
+        When the period ends with an evaluation, its training is checkpointed first (``last.pth`` with the
+        period's record marked pending): an evaluation that fails (a missing package, out of memory, a kill)
+        loses nothing, and ``--resume`` runs the evaluation before training on.
+        """
+        t, length = self.cfg.train, self.length
         self._sync_bn_stats()
         reduced = all_reduce_sum({**{f's_{k}': float(v) for k, v in sums.items()},
                                   **{f'c_{k}': v for k, v in counts.items()}},
@@ -428,8 +443,17 @@ class _Trainer:
                 record[f'train_{k[2:]}'] = int(v)
         record['train_time_s'] = round(time.time() - start, 3)
         unit = self.epoch if length.epoch_based else self.step
+        evaluate = self.val_loader is not None and (unit % t.eval_interval == 0 or self.step == length.total)
+        if evaluate:
+            self._save(None, None, False, pending=record)
+        self._complete_period(record, evaluate)
+
+    def _complete_period(self, record: Dict[str, Any], evaluate: bool) -> None:
+        """Evaluate (if due), update the best, log the period's record, write the checkpoints."""
+        cfg, length = self.cfg, self.length
+        unit = self.epoch if length.epoch_based else self.step
         metrics: Dict[str, float] = {}
-        if unit % t.eval_interval == 0 or self.step == length.total:
+        if evaluate:
             t0 = time.time()
             metrics = self.evaluate()
             record.update(metrics)

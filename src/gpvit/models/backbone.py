@@ -28,6 +28,7 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
+from ..hub import WeightsUnavailable, load_weights
 from .layers import check_image_input
 
 __all__ = ['Backbone', 'MIN_INPUT_SIZE', 'build_backbone', 'init_linear_and_layernorm']
@@ -49,6 +50,24 @@ def init_linear_and_layernorm(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _with_published_weights(variant: str, kwargs: Dict) -> Dict:
+    """``kwargs`` with the weights of ``pretrained=True`` read into the pretrained cfg (``state_dict``).
+
+    A cfg that names no state dict or file but a ``url`` is downloaded through :mod:`gpvit.hub` (cache, hash,
+    errors that name the URL and the cache path), so timm's loader then runs the family's filter fn, its
+    first-conv adaptation for ``in_chans != 3`` and its classifier handling on it, as on a local file.
+    """
+    from timm.models._builder import resolve_pretrained_cfg
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), dict(overlay))
+    if cfg.state_dict is not None or cfg.file or cfg.source not in (None, '', 'timm'):
+        return kwargs  # a given state dict or file, or another source timm handles
+    if not cfg.url:
+        raise WeightsUnavailable(f'{cfg.architecture or variant}: no published weights to download; load a local '
+                                 f'file with checkpoint=PATH (gpvit.create_model) instead of pretrained=True')
+    return dict(kwargs, pretrained_cfg_overlay=dict(overlay, state_dict=load_weights(cfg.url)))
+
+
 def build_backbone(
         cls: type,
         variant: str,
@@ -66,6 +85,8 @@ def build_backbone(
     (``out_norm_indices``, unless given) and is built without a head or pooling (timm's feature wrapper prunes
     the head anyway). ``num_levels`` is the number of levels the model will have, to resolve ``out_indices``.
     """
+    if pretrained:
+        kwargs = _with_published_weights(variant, kwargs)
     feature_cfg = dict(feature_cls='getter', out_indices=tuple(default_out_indices), norm=True)
     if kwargs.get('features_only'):
         take, _ = feature_take_indices(num_levels, kwargs.get('out_indices', feature_cfg['out_indices']))

@@ -38,8 +38,7 @@ from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_po
 from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 
-from ..checkpoint import (CheckpointError, convert_family_checkpoint, load_checkpoint, reconcile,
-                          register_checkpoint_family)
+from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile, register_checkpoint_family
 from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
 from .layers import Mlp, attention, window_partition, window_reverse
 
@@ -461,11 +460,6 @@ class GCViT(Backbone):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def load_pretrained(self, path: str) -> None:
-        """timm's ``custom_load`` hook for ``pretrained=True``: read a downloaded reference file (a timm
-        CheckpointSaver dict, with pickled training arguments) and convert it like any other checkpoint."""
-        load_checkpoint(self, path)
-
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-4 conv stem: ``(B, 3, H, W)`` -> ``(B, H/4, W/4, C)`` (sizes rounded up at each stride)."""
         return self.stem(x)
@@ -725,7 +719,6 @@ def _cfg(**kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.conv1',
         'classifier': 'head',
-        'custom_load': True,  # NVlabs files are training checkpoints: GCViT.load_pretrained reads and converts them
         'license': 'cc-by-nc-sa-4.0',  # the weights; the code is Apache-2.0
         'paper_ids': 'arXiv:2206.09959',
         'paper_name': 'Global Context Vision Transformers',

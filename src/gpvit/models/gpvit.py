@@ -744,11 +744,14 @@ def _cfg(**kwargs) -> Dict:
     }
 
 
+# The reference release (GitHub release v0.0.1 of ChenhongyiYang/GPViT): mmcls checkpoints, 300 ImageNet epochs.
+_RELEASE = 'https://github.com/ChenhongyiYang/GPViT/releases/download/v0.0.1/'
+
 default_cfgs = generate_default_cfgs({
-    'gpvit_l1.in1k': _cfg(),
-    'gpvit_l2.in1k': _cfg(),
-    'gpvit_l3.in1k': _cfg(),
-    'gpvit_l4.in1k': _cfg(),
+    'gpvit_l1.in1k': _cfg(url=_RELEASE + 'gpvit_l1_in1k_300e.pth'),
+    'gpvit_l2.in1k': _cfg(url=_RELEASE + 'gpvit_l2_in1k_300e.pth'),
+    'gpvit_l3.in1k': _cfg(url=_RELEASE + 'gpvit_l3_in1k_300e.pth'),
+    'gpvit_l4.in1k': _cfg(url=_RELEASE + 'gpvit_l4_in1k_300e.pth'),
     'gpvit_mini': _cfg(input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0),
 })
 

@@ -43,6 +43,8 @@ class Task(abc.ABC):
         data_config: the dataclass of the config's ``data`` section.
         primary_metric: the key of :meth:`evaluate`'s result that selects the best checkpoint.
         higher_is_better: direction of the primary metric.
+        requires: ``{module: extra}``: the optional packages the task needs and the ``gpvit[extra]`` that
+            installs them; a missing one is a config error before any work (:meth:`missing_requirements`).
 
     Lifecycle (engine side): ``task = Task(cfg, dist)``; ``build_datasets()``; ``build_model()``; the engine
     wraps the model (device, DDP, EMA), builds samplers and loaders with :meth:`collate_fn`, then calls
@@ -54,6 +56,14 @@ class Task(abc.ABC):
     data_config: ClassVar[type]
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[Dict[str, str]] = {}
+
+    @classmethod
+    def missing_requirements(cls) -> List[str]:
+        """One line per optional package of :attr:`requires` that is not installed (nothing is imported)."""
+        import importlib.util
+        return [f'{module} (pip install "gpvit[{extra}]")' for module, extra in cls.requires.items()
+                if importlib.util.find_spec(module) is None]
 
     def __init__(self, cfg: Any, dist: Any):
         """

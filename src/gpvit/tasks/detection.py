@@ -68,6 +68,7 @@ class DetectionTask(Task):
     name = 'detection'
     data_config = DetectionDataConfig
     primary_metric = 'bbox_AP'
+    requires = {'pycocotools': 'dense'}
     higher_is_better = True
 
     def __init__(self, cfg, dist):

@@ -92,12 +92,13 @@ class MIoUEvaluator:
         """``pred`` and ``label``: ``(H, W)`` or ``(B, H, W)`` integer maps; label 255 is ignored."""
         if pred.shape != label.shape:
             raise ValueError(f'prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in size')
+        self.images += 1 if pred.ndim == 2 else pred.shape[0]
         label = label.long()
         valid = label != self.ignore_index
-        self.iou.update(pred.long(), label)
-        self.correct += int((pred.long()[valid] == label[valid]).sum())
+        pred, label = pred.long()[valid], label[valid]  # the ignored pixels' predictions never count
+        self.iou.update(pred, label)
+        self.correct += int((pred == label).sum())
         self.total += int(valid.sum())
-        self.images += 1 if pred.ndim == 2 else pred.shape[0]
 
     def compute(self, device: Optional[torch.device] = None) -> Dict[str, float]:
         """Metrics over everything seen, summed over all processes (collective under DDP)."""
@@ -119,6 +120,7 @@ class SegmentationTask(Task):
     name = 'segmentation'
     data_config = SegmentationDataConfig
     primary_metric = 'mIoU'
+    requires = {'torchmetrics': 'dense'}
     higher_is_better = True
 
     def __init__(self, cfg, dist):
