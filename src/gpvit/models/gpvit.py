@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, resample_abs_pos_embed, trunc_normal_
+from timm.layers import ConvNormAct, DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
@@ -44,6 +44,17 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'UngroupingAttention', 'GPBlock',
            'GroupPool', 'checkpoint_filter_fn']
+
+
+def resize_pos_grid(pos: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``(1, h, w, C)`` position embedding -> ``(1, H, W, C)``: the reference's ``resize_pos_embed`` (bicubic,
+    ``align_corners=False``, no antialiasing, in float32).
+
+    Written out rather than timm's ``resample_abs_pos_embed``, which returns early when the token counts match: under
+    ``torch.export`` that test on symbolic sizes fixes the exported graph to the example's size (seen on torch 2.9).
+    """
+    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode='bicubic', align_corners=False)
+    return out.permute(0, 2, 3, 1).to(pos.dtype)
 
 
 class ConvPatchEmbed(nn.Module):
@@ -510,11 +521,10 @@ class GPViT(Backbone):
         # When exporting or compiling, always resample (the identity at the stored grid), and test that first:
         # comparing symbolic sizes with the stored grid would specialise the graph to the example's size.
         if not is_tracing() and (H, W) == self.grid_size:
-            pos = self.pos_embed
-        else:  # the reference's resize_pos_embed: bicubic, align_corners=False, no antialiasing
-            pos = resample_abs_pos_embed(self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0,
-                                         interpolation='bicubic', antialias=False)
-        return self.pos_drop(x + pos.view(1, H, W, -1))
+            pos = self.pos_embed.view(1, H, W, -1)
+        else:
+            pos = resize_pos_grid(self.pos_embed.view(1, *self.grid_size, -1), (H, W))
+        return self.pos_drop(x + pos)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Conv stem, then the position embedding: ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), C)``."""
@@ -681,8 +691,7 @@ def _resample_pos_embed(pos: torch.Tensor, grid: Tuple[int, int]) -> torch.Tenso
     side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(f'pos_embed with {n} positions is not a square grid and cannot be resampled to {grid}')
-    return resample_abs_pos_embed(pos, grid, (side, side), num_prefix_tokens=0, interpolation='bicubic',
-                                  antialias=False)
+    return resize_pos_grid(pos.view(1, side, side, -1), grid).flatten(1, 2)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') -> Dict[str, torch.Tensor]:
