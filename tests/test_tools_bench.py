@@ -180,5 +180,7 @@ def test_benchmark_scripts_run(script, args):
     rows = [line for line in out.splitlines() if line.startswith('| gpvit_mini') or line.startswith('| MLP')]
     assert rows, out
     if script == 'bench_backbone.py':
-        ratio = float(rows[0].split('|')[7])
-        assert 0 < ratio < 2, rows[0]
+        cells = rows[0].split('|')
+        # images/s measured; the ratio to the matmul is printed to 2 decimals (0.00 for this tiny model on a loaded
+        # machine), so only its range is checked
+        assert float(cells[4]) > 0 and 0 <= float(cells[7]) < 2, rows[0]
