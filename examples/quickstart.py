@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     t0 = time.perf_counter()
     import torch
-    from gpvit.engine import evaluate_checkpoint, load_config, train
+
+    from gpvit.tasks import evaluate_checkpoint, load_config, train
 
     cache = write_digits_cache()
     overrides = [f'data.root={cache}', f'output_dir={ROOT / "outputs" / "quickstart_digits"}'] + list(argv)

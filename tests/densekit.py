@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from gpvit.cli import main as cli_main
-from gpvit.engine import train
-from gpvit.engine.config import ConfigError, apply_overrides, build_config
-from gpvit.engine.evaluator import evaluate_checkpoint
+from gpvit.engine.config import ConfigError, apply_overrides
+from gpvit.tasks import build_config, evaluate_checkpoint, train
+
 from trainkit import state_equal
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'

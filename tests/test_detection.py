@@ -9,12 +9,27 @@ import torch
 from PIL import Image
 
 import gpvit
-from densekit import (CONFIGS, check_config_errors, check_resume_is_bit_exact, dense_raw, train_and_reevaluate,
-                      trained_predictor)
-from gpvit.data.coco import (CocoDetection, CocoEvaluator, RandomCropAbsoluteRange, collate_detection,
-                             eval_transform, polygons_to_mask, train_transform_1x, train_transform_3x)
-from gpvit.engine.config import build_config
-from gpvit.models.adapter import GPViTAdapter
+from gpvit.data.coco import (
+    CocoDetection,
+    CocoEvaluator,
+    RandomCropAbsoluteRange,
+    collate_detection,
+    eval_transform,
+    polygons_to_mask,
+    train_transform_1x,
+    train_transform_3x,
+)
+from gpvit.dense.adapter import GPViTAdapter
+from gpvit.tasks import build_config
+
+from densekit import (
+    CONFIGS,
+    check_config_errors,
+    check_resume_is_bit_exact,
+    dense_raw,
+    train_and_reevaluate,
+    trained_predictor,
+)
 from trainkit import state_equal
 
 MINI = dict(backbone='gpvit_mini', embed_dim=48, img_size=32,
@@ -268,7 +283,7 @@ def test_resume_is_bit_exact(coco, tmp_path):
 
 
 def test_shipped_configs_load():
-    from gpvit.engine.config import load_config
+    from gpvit.tasks import load_config
     root = CONFIGS / 'detection'
     dpr = {('mask_rcnn', '1x'): (0.1, 0.1, 0.1, 0.2), ('mask_rcnn', '3x'): (0.1, 0.1, 0.2, 0.2),
            ('retinanet', '1x'): (0.1, 0.1, 0.1, 0.1), ('retinanet', '3x'): (0.1, 0.1, 0.2, 0.2)}

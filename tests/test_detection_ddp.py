@@ -7,12 +7,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from gpvit.engine import train
-from gpvit.engine.config import build_config
-from gpvit.engine.evaluator import evaluate_checkpoint
 from test_detection import det_raw, make_coco
 from test_segmentation import make_ade, seg_raw
+
+from gpvit.tasks import build_config, evaluate_checkpoint, train
+
 from trainkit import state_equal
 
 

@@ -4,14 +4,15 @@ import math
 
 import pytest
 import torch
+from test_config import CONFIGS
 
 import gpvit
-from gpvit.engine import train
-from gpvit.engine.config import ConfigError, build_config, load_config
+from gpvit.engine.config import ConfigError
 from gpvit.engine.logs import plot_curves
 from gpvit.engine.optim import ScheduleLength, build_optimizer, build_scheduler, lr_at, param_groups
 from gpvit.engine.state import CheckpointManager, find_resume
-from test_config import CONFIGS
+from gpvit.tasks import build_config, load_config, train
+
 from trainkit import make_image_folder, tiny_config
 
 

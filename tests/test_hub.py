@@ -7,11 +7,12 @@ import threading
 import pytest
 import timm
 import torch
-from fill import fill, load_manifest
 
 import gpvit
 from gpvit import hub
 from gpvit.hub import WeightsUnavailable
+
+from fill import fill, load_manifest
 
 RELEASE_NAME = 'gpvit_l1_in1k_300e.pth'
 

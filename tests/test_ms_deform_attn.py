@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from gpvit.models.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn_sample
+from gpvit.dense.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn_sample
 
 
 def _bilinear(img: torch.Tensor, x: float, y: float) -> torch.Tensor:

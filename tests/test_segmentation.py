@@ -11,12 +11,19 @@ from PIL import Image
 
 import gpvit
 from gpvit.data.ade import ADE20KDataset, SegEvalTransform, SegTrainTransform, collate_seg
-from densekit import (CONFIGS, check_config_errors, check_resume_is_bit_exact, dense_raw, train_and_reevaluate,
-                      trained_predictor)
-from gpvit.engine.config import build_config
-from gpvit.models.heads import SegFormerHead, UperNetHead
-from gpvit.models.segmentor import Segmentor
+from gpvit.dense.heads import SegFormerHead, UperNetHead
+from gpvit.dense.segmentor import Segmentor
+from gpvit.tasks import build_config
 from gpvit.tasks.segmentation import MIoUEvaluator
+
+from densekit import (
+    CONFIGS,
+    check_config_errors,
+    check_resume_is_bit_exact,
+    dense_raw,
+    train_and_reevaluate,
+    trained_predictor,
+)
 
 NUM_CLASSES = 3
 TINY = dict(backbone='gpvit_mini', embed_dim=48, img_size=32)  # a reduced gpvit_mini
@@ -267,7 +274,7 @@ def _check_ade_recipe(cfg, head: str) -> None:
 
 
 def test_shipped_configs_load():
-    from gpvit.engine.config import load_config
+    from gpvit.tasks import load_config
     root = CONFIGS / 'segmentation'
     names = {p.stem for p in root.glob('*.yaml')}
     expected = {f'gpvit_l{v}_{head}' for v in (1, 2, 3, 4) for head in ('upernet', 'segformer')}
@@ -296,7 +303,7 @@ def test_shipped_configs_load():
 def test_gc_vit_upernet_config_builds_a_working_model():
     """The shipped GC ViT UperNet's model arguments (windows of 24, the four stage maps, the head settings) with
     a 1-block-per-stage, 16-wide GC ViT: a training step gives both losses, inference logits at the image size."""
-    from gpvit.engine.config import load_config
+    from gpvit.tasks import load_config
     cfg = load_config(CONFIGS / 'segmentation' / 'gc_vit_tiny_upernet.yaml')
     model = gpvit.create_model(cfg.model.name, **dict(cfg.model.kwargs, embed_dim=16, depths=(1, 1, 1, 1),
                                                       num_heads=(1, 1, 2, 2)))

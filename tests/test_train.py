@@ -7,8 +7,9 @@ import torch
 import gpvit
 from gpvit.cli import main as cli_main
 from gpvit.data import write_lmdb
-from gpvit.engine import train
 from gpvit.engine.config import ConfigError
+from gpvit.tasks import train
+
 from trainkit import make_image_folder, tiny_config, tiny_raw
 
 
@@ -101,8 +102,9 @@ def test_wrong_folder_layout_is_a_clear_error(tmp_path, capsys):
     flat = tmp_path / 'flat'
     (flat / 'train').mkdir(parents=True)
     (flat / 'val').mkdir()
-    from trainkit import class_image
     import numpy as np
+
+    from trainkit import class_image
     class_image(0, np.random.RandomState(0)).save(flat / 'train' / 'img.png')
     cfg_file = tmp_path / 'cfg.yaml'
     import yaml
@@ -118,8 +120,9 @@ def test_gcvit_recipe_runs_through_the_same_engine(tmp_path):
     """configs/classification/gc_vit_xxtiny_in1k.yaml (EMA, Mixup/CutMix, RandAugment, random interpolation,
     clipping 5), shrunk to 64 px, two epochs on a tiny folder."""
     data = make_image_folder(tmp_path / 'data', classes=2, per_class=4, val_per_class=2, size=72, corrupt=False)
-    from gpvit.engine import load_config
     from test_config import CONFIGS
+
+    from gpvit.tasks import load_config
     out = tmp_path / 'run'
     cfg = load_config(CONFIGS / 'gc_vit_xxtiny_in1k.yaml', [
         f'data.root={data["root"]}', f'output_dir={out}', 'data.img_size=64', 'model.kwargs.img_size=64',

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from gpvit.engine import train
+from gpvit.tasks import train
+
 from trainkit import make_image_folder, state_equal, tiny_raw
 
 
@@ -20,7 +21,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    from gpvit.engine.config import build_config
+    from gpvit.tasks import build_config
     result = train(build_config(raw), device='cpu')
     sd = {'model': result.model.state_dict(), 'ema': result.ema.state_dict()}
     torch.save(sd, os.path.join(out, f'rank{rank}.pt'))

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_config import CONFIGS
 
 import gpvit
 from gpvit.cli import main as cli_main
-from gpvit.engine.config import load_config
 from gpvit.engine.distributed import DistContext
+from gpvit.tasks import load_config
 from gpvit.tasks.classification import ClassificationTask
-from test_config import CONFIGS
+
 from trainkit import make_image_folder
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from gpvit.engine import train
+from gpvit.tasks import train
+
 from trainkit import make_image_folder, state_equal, tiny_config, tiny_raw
 
 # Every source of randomness on: RandAugment, erasing, Mixup/CutMix, drop path; plus EMA, accumulation, clipping.

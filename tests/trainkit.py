@@ -6,7 +6,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from gpvit.engine.config import apply_overrides, build_config
+from gpvit.engine.config import apply_overrides
+from gpvit.tasks import build_config
 
 # A reduced gpvit_mini: width 48 (3 stripe heads per direction, 6 group heads of 8 channels), 32 px input.
 TINY_MODEL = {'embed_dim': 48, 'img_size': 32}

@@ -21,42 +21,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .errors import CheckpointError
+
 _logger = logging.getLogger(__name__)
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'convert_family_checkpoint', 'reconcile',
-           'load_checkpoint', 'register_checkpoint_family', 'identify', 'atomic_save', 'save_safetensors']
+__all__ = ['CheckpointError', 'Checkpoint', 'read_checkpoint', 'read_checkpoint_file', 'unwrap_state_dict',
+           'convert_family_checkpoint', 'reconcile', 'atomic_save', 'save_safetensors']
 
 StateDict = Dict[str, torch.Tensor]
 _MAX_LISTED = 8
-
-
-@dataclass(frozen=True)
-class CheckpointFamily:
-    """How one model family reads foreign checkpoints.
-
-    Attributes:
-        model_cls: the family's model class.
-        filter_fn: ``(state_dict, model) -> state_dict`` in the model's layout, checked with :func:`reconcile`
-            (also timm's ``pretrained_filter_fn``).
-        to_project_layout: ``state_dict -> (state_dict, set_aside_keys)``, or None if not this family.
-        model_args: ``project_state_dict -> (model_name, kwargs)`` of the model that fits it exactly.
-    """
-    model_cls: type
-    filter_fn: Callable[[StateDict, nn.Module], StateDict]
-    to_project_layout: Callable[[StateDict], Optional[Tuple[StateDict, List[str]]]]
-    model_args: Callable[[StateDict], Tuple[str, Dict[str, Any]]]
-
-
-_FAMILIES: List[CheckpointFamily] = []
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
-
-
-def register_checkpoint_family(model_cls: type, filter_fn, to_project_layout, model_args) -> None:
-    """Make :func:`load_checkpoint` and :func:`identify` know a model family."""
-    _FAMILIES.append(CheckpointFamily(model_cls, filter_fn, to_project_layout, model_args))
 
 
 def _torch_load(path: Path, weights_only: bool) -> Any:
@@ -108,25 +81,69 @@ def unwrap_state_dict(obj: Mapping, use_ema: bool = False) -> StateDict:
     return tensors
 
 
+#: Top-level keys of this project's training checkpoints that describe the run (kept by :func:`read_checkpoint_file`).
+_META_KEYS = ('format', 'model_spec', 'task', 'classes', 'config', 'epoch', 'step', 'best', 'metrics')
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read once: its weights and what it says about itself.
+
+    Attributes:
+        state_dict: the flat state dict (the EMA weights with ``use_ema``).
+        meta: the descriptive entries of a training checkpoint of this project (``model_spec``, ``task``,
+            ``classes``, ``config``, ...; see :mod:`gpvit.engine.state`), or of a safetensors file's metadata;
+            empty for other formats.
+        path: the file, or None for an in-memory checkpoint.
+    """
+    state_dict: StateDict
+    meta: Dict[str, Any]
+    path: Optional[Path] = None
+
+    @property
+    def model_spec(self) -> Optional[Dict[str, Any]]:
+        """``{'name', 'kwargs'}`` of the model a training checkpoint was made with, else None."""
+        spec = self.meta.get('model_spec')
+        return spec if isinstance(spec, dict) and 'name' in spec else None
+
+
+def read_checkpoint_file(
+        src: Union[str, os.PathLike, Mapping, 'Checkpoint'],
+        use_ema: bool = False,
+        weights_only: bool = True,
+) -> Checkpoint:
+    """Read a checkpoint file (``.pth``, ``.pth.tar``, ``.pt``, ``.safetensors``) or dict once: its flat state
+    dict and its metadata. A :class:`Checkpoint` is returned as it is."""
+    if isinstance(src, Checkpoint):
+        return src
+    if isinstance(src, Mapping):
+        return Checkpoint(unwrap_state_dict(src, use_ema), {k: src[k] for k in _META_KEYS if k in src})
+    path = Path(src)
+    if path.is_dir():
+        raise CheckpointError(f'{path}: is a directory; give the checkpoint file inside it (e.g. {path}/last.pth)')
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+        try:
+            with safe_open(str(path), 'pt') as f:
+                meta = dict(f.metadata() or {})
+            return Checkpoint(unwrap_state_dict(load_file(str(path)), use_ema), meta, path)
+        except SafetensorError as e:
+            raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e
+    obj = _torch_load(path, weights_only)
+    meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}
+    return Checkpoint(unwrap_state_dict(obj, use_ema), meta, path)
+
+
 def read_checkpoint(
-        src: Union[str, os.PathLike, Mapping],
+        src: Union[str, os.PathLike, Mapping, Checkpoint],
         use_ema: bool = False,
         weights_only: bool = True,
 ) -> StateDict:
     """Read a checkpoint file (``.pth``, ``.pth.tar``, ``.pt``, ``.safetensors``) or dict into a flat state dict."""
-    if isinstance(src, Mapping):
-        return unwrap_state_dict(src, use_ema)
-    path = Path(src)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    if path.suffix == '.safetensors':
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return unwrap_state_dict(load_file(str(path)), use_ema)
-        except SafetensorError as e:
-            raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e
-    return unwrap_state_dict(_torch_load(path, weights_only), use_ema)
+    return read_checkpoint_file(src, use_ema, weights_only).state_dict
 
 
 def convert_family_checkpoint(
@@ -228,49 +245,6 @@ def reconcile(
         _logger.warning('checkpoint has no usable weights for %d key(s) of %s, left as initialised: %s',
                         len(kept), _model_name(model), kept[:_MAX_LISTED])
     return {k: (state_dict[k] if k in state_dict and k not in mismatched else v) for k, v in own.items()}
-
-
-def _filter_for(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict]:
-    for family in _FAMILIES:
-        if isinstance(model, family.model_cls):
-            return family.filter_fn
-    raise CheckpointError(f'no checkpoint converter for {type(model).__name__}')
-
-
-def identify(state_dict: StateDict) -> Tuple[str, Dict[str, Any], StateDict]:
-    """Detect the family and layout of a flat state dict.
-
-    Returns:
-        ``(model_name, model_kwargs, project_state_dict)``: the registered model that fits the checkpoint
-        exactly, and the checkpoint converted to the project's layout.
-    """
-    for family in _FAMILIES:
-        converted = family.to_project_layout(state_dict)
-        if converted is not None:
-            name, kwargs = family.model_args(converted[0])
-            return name, kwargs, converted[0]
-    raise CheckpointError(f'not a checkpoint of any supported model family; first keys: {list(state_dict)[:_MAX_LISTED]}')
-
-
-def load_checkpoint(
-        model: nn.Module,
-        src: Union[str, os.PathLike, Mapping],
-        use_ema: bool = False,
-        weights_only: bool = True,
-) -> nn.Module:
-    """Load any supported checkpoint into ``model`` (format detected from the keys).
-
-    Args:
-        model: a model of this project, or a timm feature wrapper around one.
-        src: a path or an already loaded checkpoint dict.
-        use_ema: load the EMA weights of a checkpoint that has them.
-        weights_only: refuse pickled Python objects other than tensors and plain containers.
-    """
-    target = getattr(model, 'model', model) if not hasattr(model, 'forward_features') else model
-    state_dict = read_checkpoint(src, use_ema=use_ema, weights_only=weights_only)
-    state_dict = _filter_for(target)(state_dict, target)
-    target.load_state_dict(state_dict, strict=True)
-    return model
 
 
 def atomic_save(obj: Any, path: Union[str, os.PathLike], save_fn: Callable[[Any, str], None] = None) -> None:

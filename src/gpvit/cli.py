@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
-    from .checkpoint import CheckpointError
+    from .errors import GPViTError
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (GPViTError, FileNotFoundError, ValueError) as e:
         print(f'gpvit {args.command}: error: {e}', file=sys.stderr)
         return 2
 

@@ -1,63 +1,45 @@
-"""Model creation with checkpoint loading."""
+"""Every model of the project by name: classifiers and backbones (:mod:`gpvit.models`, registered in timm) and dense
+models (:mod:`gpvit.dense`), each with a checkpoint of any format it supports."""
 import os
 from typing import List, Mapping, Optional, Union
 
-import timm
 import torch.nn as nn
 
-from . import models  # noqa: F401  (registers the models)
-from .checkpoint import CheckpointError, identify, read_checkpoint
+from .checkpoint import Checkpoint
+from .dense import DENSE_MODELS, create_dense_model
+from .models import create_model as create_classifier
+from .models import list_models
 
-__all__ = ['create_model', 'list_models']
-
-_FAMILY_PREFIXES = ('gpvit_', 'gc_vit_')
+__all__ = ['create_model', 'list_models', 'list_dense_models']
 
 
-def list_models(pattern: str = '') -> List[str]:
-    """Names of this project's registered models (optionally filtered by a wildcard pattern)."""
-    names = timm.list_models(pattern or '*')
-    return [n for n in names if n.startswith(_FAMILY_PREFIXES)]
+def list_dense_models() -> List[str]:
+    """Names of the dense models (their backbone is an argument)."""
+    return list(DENSE_MODELS)
 
 
 def create_model(
         model_name: str,
-        checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None,
+        checkpoint: Optional[Union[str, os.PathLike, Mapping, Checkpoint]] = None,
         *,
         use_ema: bool = False,
         weights_only: bool = True,
         **kwargs,
 ) -> nn.Module:
-    """Create a registered model, optionally loading a checkpoint of any supported format.
+    """A model by name, optionally with a checkpoint of any supported format.
 
     Args:
-        model_name: a registered name, e.g. ``'gpvit_l1'``.
-        checkpoint: path or loaded dict: a reference release file, the backbone of a reference detector or
-            segmentor checkpoint, an mmpretrain port, a plain state dict, a safetensors file or a training
-            checkpoint of this project. The format is detected from the keys.
+        model_name: a registered classifier (``'gpvit_l1'``, ``'gc_vit_tiny'``; :func:`list_models`) or a dense
+            model (``'upernet'``, ``'segformer'``, ``'mask_rcnn'``, ``'retinanet'``, with ``backbone=...``).
+        checkpoint: path, loaded dict or :class:`~gpvit.checkpoint.Checkpoint`. Classifiers take every reference
+            and project format (see :func:`gpvit.models.create_model`); dense models a checkpoint of this project.
         use_ema: load the EMA weights of a checkpoint that has them.
         weights_only: refuse pickled objects other than tensors and plain containers.
-        **kwargs: passed to ``timm.create_model`` (``num_classes``, ``features_only``, ``out_indices``,
-            ``drop_path_rate``, ...). Without ``num_classes`` the model takes the checkpoint's classifier,
-            or has none (``num_classes=0``) if the checkpoint is a backbone only.
+        **kwargs: the model's arguments (``num_classes``, ``drop_path_rate``, ``pretrained``, ...).
 
     Raises:
         CheckpointError: the checkpoint cannot be read or does not fit the model.
     """
-    if checkpoint is not None:
-        state_dict = read_checkpoint(checkpoint, use_ema=use_ema, weights_only=weights_only)
-        try:
-            _, ckpt_args, _ = identify(state_dict)
-        except CheckpointError:
-            ckpt_args = {}  # the model's own filter raises the precise error
-        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {}, state_dict=state_dict)
-        if 'num_classes' in kwargs:
-            # The checkpoint is already converted to the model by its filter fn; keep timm's load_pretrained
-            # from dropping a classifier of a num_classes other than the cfg's (1000).
-            overlay.setdefault('num_classes', kwargs['num_classes'])
-        if 'num_classes' in ckpt_args:
-            # timm keeps the checkpoint's classifier only where the model's class count equals the cfg's.
-            overlay['num_classes'] = ckpt_args['num_classes']
-            if 'num_classes' not in kwargs and not kwargs.get('features_only') and ckpt_args['num_classes']:
-                kwargs['num_classes'] = ckpt_args['num_classes']
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
-    return timm.create_model(model_name, **kwargs)
+    if model_name in DENSE_MODELS:
+        return create_dense_model(model_name, checkpoint, use_ema=use_ema, weights_only=weights_only, **kwargs)
+    return create_classifier(model_name, checkpoint, use_ema=use_ema, weights_only=weights_only, **kwargs)

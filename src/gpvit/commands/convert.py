@@ -3,8 +3,9 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import identify, read_checkpoint, save_safetensors
+    from ..checkpoint import read_checkpoint, save_safetensors
     from ..factory import create_model
+    from ..models import identify
     state_dict = read_checkpoint(args.src, use_ema=args.use_ema, weights_only=not args.unsafe_pickle)
     name, kwargs, _ = identify(state_dict)
     model = create_model(name, checkpoint=state_dict, **kwargs)

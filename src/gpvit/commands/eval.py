@@ -6,7 +6,7 @@ import json
 def run(args: argparse.Namespace) -> int:
     from .train import load
     cfg = load(args)
-    from ..engine.evaluator import evaluate_checkpoint
+    from ..tasks import evaluate_checkpoint
     metrics = evaluate_checkpoint(cfg, args.checkpoint, use_ema=args.use_ema, device=args.device,
                                   crop_pct=args.crop_pct)
     import os

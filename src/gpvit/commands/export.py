@@ -4,8 +4,9 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, identify, read_checkpoint
+    from ..checkpoint import CheckpointError, read_checkpoint
     from ..factory import create_model, list_models
+    from ..models import identify
     from ..tools.bench import parse_size
     from ..tools.export import ExportError, default_suffix, export_model
 

@@ -8,7 +8,7 @@ checkpoints of this project), else from the config.
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -20,32 +20,6 @@ def palette(n: int) -> np.ndarray:
     """``(n, 3)`` uint8 colours, fixed for a given n (a seeded random palette, as segmentation tools use)."""
     rng = np.random.RandomState(3)
     return rng.randint(40, 256, size=(n, 3)).astype(np.uint8)
-
-
-def _load_model(cfg, checkpoint: Path, use_ema: bool, device: torch.device):
-    from ..engine.evaluator import _model_spec
-    from ..factory import create_model
-    from ..tasks import get_task
-    task = get_task(cfg.task)(cfg, _Dist(device))
-    spec = _model_spec(checkpoint, cfg, task)
-    model = create_model(spec['name'], checkpoint=str(checkpoint), use_ema=use_ema, **spec['kwargs'])
-    return task, model.to(device).eval()
-
-
-class _Dist:
-    """The single-process context a task needs outside the engine."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.rank, self.world_size, self.distributed, self.is_main = device, 0, 1, False, True
-
-
-def _classes(checkpoint: Path) -> Optional[List[str]]:
-    try:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (other formats carry no class names)
-        return None
-    classes = state.get('classes') if isinstance(state, dict) else None
-    return list(classes) if isinstance(classes, (list, tuple)) else None
 
 
 @torch.no_grad()
@@ -65,14 +39,18 @@ def predict_image(cfg, checkpoint, image, out, score_thr: float = 0.5, alpha: fl
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     img = decode_image(image_path, str(image_path))
     rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # uint8 (3, H, W)
-    task, model = _load_model(cfg, checkpoint, use_ema, dev)
+    from ..checkpoint import read_checkpoint_file
+    from ..tasks import load_model
+    ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema)  # read once: weights, model spec, class names
+    task, model = load_model(cfg, ckpt, use_ema)
+    model.to(dev).eval()
     summary: Dict[str, Any] = {'image': str(image_path), 'out': str(out), 'task': cfg.task}
     if cfg.task == 'detection':
         from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
         det = model([rgb.float().div(255).to(dev)])[0]
         keep = det['scores'] >= score_thr
         boxes, labels, scores = det['boxes'][keep].cpu(), det['labels'][keep].cpu(), det['scores'][keep].cpu()
-        names = _classes(checkpoint)
+        names = ckpt.meta.get('classes')
         colours = palette(max(int(model.roi_heads.box_predictor.cls_score.out_features)
                               if hasattr(model, 'roi_heads') else 256, 2))
         canvas = rgb

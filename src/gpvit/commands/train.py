@@ -1,14 +1,14 @@
 """``gpvit train --config FILE [KEY=VALUE ...]``: train a configuration (see docs/training.md).
 
 Multi-GPU / multi-node: start it with torchrun, e.g.
-``torchrun --nproc_per_node 8 -m gpvit.cli train --config configs/classification/gpvit_l1_in1k.yaml
-data.root=/data/imagenet``.
+``torchrun --nproc_per_node 8 -m gpvit train --config gpvit_l1_in1k data.root=/data/imagenet``.
 """
 import argparse
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--config', '-c', required=True, help='YAML config file (configs/<task>/*.yaml)')
+    p.add_argument('--config', '-c', required=True,
+                   help='a packaged recipe by name (gpvit configs lists them) or a YAML file; a file wins')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
                    help='override config values, e.g. optim.lr=1e-3 data.root=/data/imagenet (values read as YAML)')
     p.add_argument('--set', dest='set_overrides', action='append', default=[], metavar='KEY=VALUE',
@@ -17,7 +17,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace):
-    from ..engine.config import load_config
+    from ..tasks import load_config
     return load_config(args.config, list(args.overrides) + list(args.set_overrides))
 
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         from ..engine.config import dump_config
         print(dump_config(cfg), end='')
         return 0
-    from ..engine.trainer import train
+    from ..tasks import train
     try:
         result = train(cfg, resume=args.resume, device=args.device)
     except KeyboardInterrupt:

@@ -17,16 +17,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 __all__ = ['IMG_EXTENSIONS', 'DataError', 'UnreadableImage', 'ClassificationDataset', 'ImageFolderDataset',
            'scan_image_folder', 'decode_image', 'collate_skipping']
 
 _logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as given (wrong layout, no images, class mismatch)."""
 
 
 class UnreadableImage(Exception):

@@ -16,7 +16,7 @@ Written from the ViT-Adapter paper (Chen et al., ICLR 2023) and the GPViT detect
   where x_i is the GPViT map after interaction i (bilinear resampling), each through a BatchNorm
   (``model.sync_bn`` makes them SyncBatchNorm). RetinaNet uses s8..s32 only (``with_s4=False``).
 
-Deformable attention is the pure-PyTorch :class:`~gpvit.models.ms_deform_attn.MSDeformAttn` (6 heads, 4 points).
+Deformable attention is the pure-PyTorch :class:`~gpvit.dense.ms_deform_attn.MSDeformAttn` (6 heads, 4 points).
 """
 import math
 from typing import List, Optional, Sequence, Tuple

@@ -8,7 +8,7 @@
   s8..s32 maps plus P6/P7 computed from P5's output (``add_extra_convs='on_output'``): focal loss (2, 0.25),
   L1 box loss, anchors 32..512 with 3 scales per octave.
 
-Both are registered in timm's registry (the backbone is an argument):
+Both are plain builders (the backbone is an argument), also reached through
 ``gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81, backbone_checkpoint='gpvit_l1.pth')``.
 ``num_classes`` counts the background (label 0): COCO's 80 categories give 81.
 
@@ -18,11 +18,10 @@ resizing and crops); at evaluation the detector resizes (short side ``min_size``
 pad batches to multiples of 32.
 """
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
 from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -30,10 +29,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from .adapter import GPViTAdapter
-from .segmentor import DenseBackbone, _finish
+from .backbone import build_dense_body
 
-__all__ = ['FPNBackbone', 'GPViTMaskRCNN', 'GPViTRetinaNet', 'mask_rcnn', 'retinanet', 'build_dense_body']
+__all__ = ['FPNBackbone', 'GPViTMaskRCNN', 'GPViTRetinaNet', 'mask_rcnn', 'retinanet']
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -88,32 +86,10 @@ class GPViTRetinaNet(_DetectorMixin, RetinaNet):
     """torchvision RetinaNet."""
 
 
-def build_dense_body(backbone: str, with_s4: bool, backbone_checkpoint: Optional[str] = None,
-                     backbone_use_ema: bool = False, adapter_kwargs: Optional[Dict[str, Any]] = None,
-                     **kwargs) -> nn.Module:
-    """GPViT + ViT-Adapter (``gpvit_*``) or GC ViT stage maps (``gc_vit_*``); ``out_channels`` lists the levels."""
-    for k in ('pretrained_cfg', 'cache_dir'):
-        kwargs.pop(k, None)
-    if backbone.startswith('gc_vit'):
-        if adapter_kwargs:
-            raise ValueError('adapter_kwargs apply to GPViT backbones only')
-        return DenseBackbone(backbone, (0, 1, 2, 3) if with_s4 else (1, 2, 3), backbone_checkpoint,
-                             backbone_use_ema, **kwargs)
-    from ..factory import create_model
-    args = dict(num_classes=0, global_pool='', **kwargs)
-    if backbone_checkpoint is not None:
-        body = create_model(backbone, checkpoint=backbone_checkpoint, use_ema=backbone_use_ema, **args)
-    else:
-        body = create_model(backbone, **args)
-    return GPViTAdapter(body, with_s4=with_s4, **(adapter_kwargs or {}))
-
-
-@register_model
-def mask_rcnn(pretrained: bool = False, backbone: str = 'gpvit_l1', num_classes: int = 81,
-              backbone_checkpoint: Optional[str] = None, backbone_use_ema: bool = False,
-              adapter_kwargs: Optional[Dict[str, Any]] = None, min_size: int = 800, max_size: int = 1333,
-              fpn_channels: int = 256, detector_kwargs: Optional[Dict[str, Any]] = None,
-              pretrained_cfg_overlay: Optional[Dict] = None, **kwargs) -> GPViTMaskRCNN:
+def mask_rcnn(backbone: str = 'gpvit_l1', num_classes: int = 81, backbone_checkpoint: Optional[str] = None,
+              backbone_use_ema: bool = False, adapter_kwargs: Optional[Dict[str, Any]] = None, min_size: int = 800,
+              max_size: int = 1333, fpn_channels: int = 256, detector_kwargs: Optional[Dict[str, Any]] = None,
+              **kwargs) -> GPViTMaskRCNN:
     """Mask R-CNN + FPN on GPViT-Adapter (s4..s32) or GC ViT (four stages). ``detector_kwargs`` go to
     torchvision's ``MaskRCNN`` (e.g. ``box_batch_size_per_image``); extra kwargs go to the backbone."""
     body = build_dense_body(backbone, True, backbone_checkpoint, backbone_use_ema, adapter_kwargs, **kwargs)
@@ -130,15 +106,13 @@ def mask_rcnn(pretrained: bool = False, backbone: str = 'gpvit_l1', num_classes:
                           mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
                           **{'rpn_post_nms_top_n_train': 1000, **(detector_kwargs or {})})
     model.transform = _Transform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
-    return _finish(model, pretrained, pretrained_cfg_overlay)
+    return model
 
 
-@register_model
-def retinanet(pretrained: bool = False, backbone: str = 'gpvit_l1', num_classes: int = 81,
-              backbone_checkpoint: Optional[str] = None, backbone_use_ema: bool = False,
-              adapter_kwargs: Optional[Dict[str, Any]] = None, min_size: int = 800, max_size: int = 1333,
-              fpn_channels: int = 256, detector_kwargs: Optional[Dict[str, Any]] = None,
-              pretrained_cfg_overlay: Optional[Dict] = None, **kwargs) -> GPViTRetinaNet:
+def retinanet(backbone: str = 'gpvit_l1', num_classes: int = 81, backbone_checkpoint: Optional[str] = None,
+              backbone_use_ema: bool = False, adapter_kwargs: Optional[Dict[str, Any]] = None, min_size: int = 800,
+              max_size: int = 1333, fpn_channels: int = 256, detector_kwargs: Optional[Dict[str, Any]] = None,
+              **kwargs) -> GPViTRetinaNet:
     """RetinaNet + FPN (P3-P7) on GPViT-Adapter (s8..s32) or GC ViT (stages 2-4). ``detector_kwargs`` go to
     torchvision's ``RetinaNet``; extra kwargs go to the backbone."""
     body = build_dense_body(backbone, False, backbone_checkpoint, backbone_use_ema, adapter_kwargs, **kwargs)
@@ -146,4 +120,4 @@ def retinanet(pretrained: bool = False, backbone: str = 'gpvit_l1', num_classes:
     model = GPViTRetinaNet(fpn, num_classes, min_size=min_size, max_size=max_size, image_mean=IMAGENET_MEAN,
                            image_std=IMAGENET_STD, **(detector_kwargs or {}))
     model.transform = _Transform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
-    return _finish(model, pretrained, pretrained_cfg_overlay)
+    return model

@@ -1,11 +1,15 @@
 """The training engine shared by every task: config, distributed setup, loop, checkpoints, logs.
 
-``train(load_config('configs/classification/gpvit_l1_in1k.yaml', ['data.root=/data/imagenet']))`` is what
-``gpvit train`` runs; tasks (:mod:`gpvit.tasks`) supply the model, data, loss and metrics.
+``train(cfg, task)`` runs a configuration for a :class:`~gpvit.engine.task.Task` subclass; :mod:`gpvit.tasks`
+supplies the tasks and resolves a config's ``task:`` name (``gpvit.tasks.train(gpvit.tasks.load_config(...))``
+is what ``gpvit train`` runs).
+
+Layer: above :mod:`gpvit.checkpoint` and :mod:`gpvit.errors`; knows nothing of models, tasks, tools or the CLI.
 """
-from .config import Config, ConfigError, build_config, dump_config, load_config
-from .evaluator import evaluate_checkpoint
+from .config import Config, ConfigError, build_config, dump_config, read_raw_config
+from .evaluator import evaluate
+from .task import StepOutput, Task
 from .trainer import TrainResult, train
 
-__all__ = ['Config', 'ConfigError', 'build_config', 'dump_config', 'load_config', 'evaluate_checkpoint',
-           'TrainResult', 'train']
+__all__ = ['Config', 'ConfigError', 'build_config', 'dump_config', 'read_raw_config', 'evaluate', 'StepOutput',
+           'Task', 'TrainResult', 'train']

@@ -20,15 +20,12 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequen
 
 import yaml
 
+from ..errors import ConfigError
 from .recipes import resolve_config
 
 __all__ = ['ConfigError', 'Config', 'ModelConfig', 'LoaderConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig',
-           'EmaConfig', 'CkptConfig', 'LogConfig', 'load_config', 'build_config', 'apply_overrides', 'to_dict',
+           'EmaConfig', 'CkptConfig', 'LogConfig', 'read_raw_config', 'build_config', 'apply_overrides', 'to_dict',
            'checked', 'dump_config']
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message starts with the dotted key."""
 
 
 def checked(default: Any = dataclasses.MISSING, check: Optional[Callable[[Any], bool]] = None, rule: str = '',
@@ -409,31 +406,34 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     return raw
 
 
-def build_config(raw: Mapping[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a raw dict (the task decides the ``data`` schema)."""
-    from ..tasks import get_task  # the task registry; imported late to avoid a cycle
+def build_config(raw: Mapping[str, Any], task: type) -> Config:
+    """Build and validate a :class:`Config` from a raw dict.
+
+    Args:
+        raw: the config as plain data (YAML), overrides applied.
+        task: the :class:`~gpvit.engine.task.Task` subclass the config's ``task:`` names (:func:`gpvit.tasks.get_task`);
+            its ``data_config`` is the ``data`` section's schema, its ``requires`` the optional packages it needs.
+    """
     raw = dict(raw or {})
-    task_name = raw.get('task', 'classification')
-    if not isinstance(task_name, str):
-        raise ConfigError(f'task: expected a task name, got {task_name!r}')
-    task_cls = get_task(task_name)
-    missing = task_cls.missing_requirements()
+    missing = task.missing_requirements()
     if missing:
-        raise ConfigError(f'task: {task_name} needs packages that are not installed: {", ".join(missing)}')
+        raise ConfigError(f'task: {task.name} needs packages that are not installed: {", ".join(missing)}')
     data = raw.pop('data', None) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f'data: expected a mapping (section), got {data!r}')
     cfg = build_section(Config, raw)
-    cfg.data = build_section(task_cls.data_config, data, 'data')
+    if cfg.task != task.name:
+        raise ConfigError(f'task: the config says {cfg.task!r}, built as {task.name!r}')
+    cfg.data = build_section(task.data_config, data, 'data')
     cfg.validate()
     return cfg
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults if ``path`` is None), apply overrides, validate.
+def read_raw_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """A YAML config as plain data (``{}`` for the defaults if ``path`` is None), with ``KEY=VALUE`` overrides.
 
     ``path`` is a file, or the name of a packaged recipe (``gpvit_l1_in1k``; see
-    :func:`gpvit.engine.recipes.resolve_config`).
+    :func:`gpvit.engine.recipes.resolve_config`). :func:`gpvit.tasks.load_config` reads and builds in one call.
     """
     raw: Dict[str, Any] = {}
     if path is not None:
@@ -447,8 +447,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
             raise ConfigError(f'{path}: not valid YAML: {e}') from e
         if not isinstance(raw, dict):
             raise ConfigError(f'{path}: the top level must be a mapping of sections, got {type(raw).__name__}')
-    apply_overrides(raw, overrides)
-    return build_config(raw)
+    return apply_overrides(raw, overrides)
 
 
 def dump_config(cfg: Config) -> str:

@@ -12,8 +12,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'init_distributed', 'all_reduce_sum', 'all_gather_object', 'broadcast_object',
-           'barrier']
+__all__ = ['DistContext', 'init_distributed', 'all_reduce_sum', 'all_gather_object', 'barrier']
 
 _logger = logging.getLogger(__name__)
 
@@ -92,14 +91,6 @@ def all_gather_object(obj: Any) -> List[Any]:
     out: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def barrier() -> None:

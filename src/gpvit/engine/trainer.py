@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import numpy as np
 import torch
@@ -30,8 +30,16 @@ from .data import ResumableSampler, build_eval_loader, build_train_loader
 from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
 from .logs import MetricsLog, plot_curves, setup_logging
 from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
-from .state import (FORMAT, CheckpointManager, find_resume, get_rng_state, load_training_checkpoint,
-                    set_rng_state, truncate_jsonl)
+from .state import (
+    FORMAT,
+    CheckpointManager,
+    find_resume,
+    get_rng_state,
+    load_training_checkpoint,
+    set_rng_state,
+    truncate_jsonl,
+)
+from .task import Task
 
 __all__ = ['train', 'TrainResult', 'autocast_context', 'seed_everything']
 
@@ -91,18 +99,10 @@ def _check_batch(cfg: Config, world_size: int) -> None:
                           f'and train.accum_steps')
 
 
-def _check_model_name(cfg: Config) -> None:
-    import timm
-    from .. import models  # noqa: F401  (registers the models)
-    if not timm.is_model(cfg.model.name):
-        from ..factory import list_models
-        raise ConfigError(f'model.name: unknown model {cfg.model.name!r}; this project has: '
-                          f'{", ".join(list_models())}')
-
-
 class _Trainer:
-    def __init__(self, cfg: Config, resume: Optional[str], dist: DistContext, hooks: Dict[str, Callable]):
-        self.cfg, self.dist, self.hooks = cfg, dist, hooks
+    def __init__(self, cfg: Config, task: Type[Task], resume: Optional[str], dist: DistContext,
+                 hooks: Dict[str, Callable]):
+        self.cfg, self.task_cls, self.dist, self.hooks = cfg, task, dist, hooks
         self.out = Path(cfg.output_dir)
         self.resume_arg = resume
 
@@ -127,8 +127,7 @@ class _Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier()
         self.log_handler = setup_logging(self.out, dist.is_main)
-        from ..tasks import get_task
-        self.task = get_task(cfg.task)(cfg, dist)
+        self.task = self.task_cls(cfg, dist)
 
         # Data first (it fixes the number of classes), then the model, seeded identically on every rank.
         self.datasets = self.task.build_datasets()
@@ -525,25 +524,27 @@ def _fmt(record: Dict[str, Any]) -> str:
     return ', '.join(parts)
 
 
-def train(cfg: Config, resume: Optional[str] = None, device: Optional[str] = None,
+def train(cfg: Config, task: Type[Task], resume: Optional[str] = None, device: Optional[str] = None,
           hooks: Optional[Dict[str, Callable]] = None) -> TrainResult:
     """Run a training configuration.
 
     Args:
-        cfg: a validated :class:`Config` (see :func:`gpvit.engine.config.load_config`).
+        cfg: a validated :class:`Config` (see :func:`gpvit.tasks.load_config`).
+        task: the :class:`~gpvit.engine.task.Task` subclass that supplies model, data, loss and metrics
+            (:func:`gpvit.tasks.train` passes the config's).
         resume: ``'auto'`` (continue from ``output_dir/last.pth`` if it exists), a checkpoint path, or None.
         device: ``'cuda'`` / ``'cpu'``; default CUDA if available.
         hooks: optional callbacks ``after_step(trainer)`` / ``after_epoch(trainer)`` (tests, custom logging).
 
     Under torchrun every process calls this; the process group is set up from the environment.
     """
-    from ..tasks import get_task
-    _check_model_name(cfg)
+    if cfg.task != task.name:
+        raise ConfigError(f'task: the config is a {cfg.task!r} config, the task given is {task.name!r}')
     _check_tensorboard(cfg)
     _check_batch(cfg, int(os.environ.get('WORLD_SIZE', '1')))
-    get_task(cfg.task).preflight(cfg)
+    task.preflight(cfg)
     dist = init_distributed(device)
-    trainer = _Trainer(cfg, resume, dist, hooks or {})
+    trainer = _Trainer(cfg, task, resume, dist, hooks or {})
     try:
         trainer.setup()
         return trainer.run()

@@ -1,7 +1,9 @@
-"""Model families. Importing this package registers every model in timm's registry."""
+"""The two model families (classifiers and backbones). Importing this package registers their variants in timm.
+
+Layer: above :mod:`gpvit.checkpoint` / :mod:`gpvit.hub`; knows nothing of dense heads, tasks, the engine or tools.
+"""
+from .factory import FAMILIES, create_model, identify, list_models, load_checkpoint
 from .gcvit import GCViT
 from .gpvit import GPViT
-from .layers import attention, merge_heads, split_heads, window_partition, window_reverse
-from . import detectors, segmentor  # noqa: E402,F401  (register upernet, segformer, mask_rcnn, retinanet)
 
-__all__ = ['GCViT', 'GPViT', 'attention', 'merge_heads', 'split_heads', 'window_partition', 'window_reverse']
+__all__ = ['FAMILIES', 'GCViT', 'GPViT', 'create_model', 'identify', 'list_models', 'load_checkpoint']

@@ -38,7 +38,7 @@ from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_po
 from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 
-from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile, register_checkpoint_family
+from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
 from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
 from .layers import Mlp, attention, window_partition, window_reverse
 
@@ -651,8 +651,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
     return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional),
                      unused=model._no_place_for)
 
-
-register_checkpoint_family(GCViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
 
 
 def to_timm_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

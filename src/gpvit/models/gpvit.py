@@ -36,7 +36,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
-from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile, register_checkpoint_family
+from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
 from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
 from .layers import Mlp, attention, fused_linear, is_tracing, pad_amount, split_heads, window_partition
 
@@ -717,8 +717,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
                      unused=model._no_place_for)
 
-
-register_checkpoint_family(GPViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------

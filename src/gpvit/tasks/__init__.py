@@ -1,156 +1,81 @@
 """Tasks: what to train (model, data, loss, metrics), as opposed to how (the engine, :mod:`gpvit.engine`).
 
-A task is a subclass of :class:`Task` registered under a name with :func:`register_task`; a config selects it
-with ``task: NAME`` and its ``data:`` section follows the task's ``data_config`` dataclass. The engine owns
-everything generic — distributed setup, samplers and loaders, the optimiser and its parameter groups, the lr
-schedule, mixed precision, gradient accumulation and clipping, EMA, checkpoints and resume, logging — and
-calls the task only through the methods below. A detection or segmentation task plugs in the same way.
+A task is a subclass of :class:`~gpvit.engine.task.Task` registered under a name with :func:`register_task`; a
+config selects it with ``task: NAME`` and its ``data:`` section follows the task's ``data_config`` dataclass. This
+package resolves that name and hands the engine the task class: :func:`load_config` / :func:`build_config` read
+a config, :func:`train` and :func:`evaluate_checkpoint` run one. The built-in tasks are imported here, plainly:
+one that cannot be imported fails loudly.
+
+Layer: above the engine, the data and the models; below the tools and the command line.
 """
-import abc
-import dataclasses
-import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 
-import torch
-import torch.nn as nn
-from torch.utils.data import Dataset
+from ..checkpoint import Checkpoint, read_checkpoint_file
+from ..engine import config as _config
+from ..engine.task import StepOutput, Task
+from ..errors import ConfigError
+from . import classification, detection, segmentation  # noqa: F401  (the built-in tasks register themselves)
+from .registry import get_task, list_tasks, register_task
 
-__all__ = ['Task', 'StepOutput', 'register_task', 'get_task', 'list_tasks']
+__all__ = ['Task', 'StepOutput', 'register_task', 'get_task', 'list_tasks', 'build_config', 'load_config', 'train',
+           'evaluate_checkpoint', 'load_model']
+
+def _task_of(raw: Mapping[str, Any]) -> Type[Task]:
+    name = raw.get('task', 'classification')
+    if not isinstance(name, str):
+        raise ConfigError(f'task: expected a task name, got {name!r}')
+    return get_task(name)
 
 
-@dataclass
-class StepOutput:
-    """What :meth:`Task.train_step` returns for one micro-batch.
+def build_config(raw: Mapping[str, Any]) -> _config.Config:
+    """Build and validate a :class:`~gpvit.engine.config.Config` from a raw dict (its task gives the ``data``
+    schema)."""
+    return _config.build_config(raw, _task_of(raw or {}))
 
-    Attributes:
-        loss: the scalar to back-propagate (the engine divides it by the accumulation steps).
-        batch_size: samples in the micro-batch (for averaging).
-        logs: scalars averaged over the epoch and logged (``loss`` is logged anyway).
-        counts: integers summed over the epoch and over all processes (e.g. ``skipped_images``).
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> _config.Config:
+    """Load a YAML config file or packaged recipe by name (or the defaults if ``path`` is None), apply
+    ``KEY=VALUE`` overrides, validate; see :func:`gpvit.engine.config.read_raw_config`."""
+    raw = _config.read_raw_config(path, overrides)
+    return _config.build_config(raw, _task_of(raw))
+
+
+def train(cfg: _config.Config, resume: Optional[str] = None, device: Optional[str] = None, hooks=None):
+    """:func:`gpvit.engine.train` with the config's task."""
+    from ..engine.trainer import train as _train
+    return _train(cfg, get_task(cfg.task), resume=resume, device=device, hooks=hooks)
+
+
+def load_model(cfg: _config.Config, checkpoint: Union[str, os.PathLike, Checkpoint], use_ema: bool = False,
+               check_task: bool = True):
+    """``(task instance on the CPU, model)``: the model a checkpoint holds, for ``cfg``'s task (the file read once).
+
+    Raises:
+        ConfigError: the checkpoint was trained for another task than ``cfg``'s.
     """
-    loss: torch.Tensor
-    batch_size: int
-    logs: Dict[str, float] = field(default_factory=dict)
-    counts: Dict[str, int] = field(default_factory=dict)
+    import torch
+
+    from ..engine.distributed import DistContext
+    ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema)
+    trained_for = ckpt.meta.get('task')
+    if check_task and isinstance(trained_for, str) and trained_for != cfg.task:
+        raise ConfigError(f'task: the checkpoint {checkpoint} was trained for {trained_for!r}, the config is a '
+                          f'{cfg.task!r} config; use a {trained_for} config with it')
+    task = get_task(cfg.task)(cfg, DistContext(device=torch.device("cpu")))
+    return task, task.model_from_checkpoint(ckpt, use_ema)
 
 
-class Task(abc.ABC):
-    """The interface the engine drives.
+def evaluate_checkpoint(cfg: _config.Config, checkpoint, use_ema: bool = False, device: Optional[str] = None,
+                        crop_pct: Optional[float] = None) -> Dict[str, float]:
+    """Metrics of ``checkpoint`` (any format the task's model reads) on ``cfg``'s validation split, with the
+    test transforms; distributed under torchrun (:func:`gpvit.engine.evaluate`)."""
+    from ..engine.evaluator import evaluate
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f'--checkpoint: no file at {checkpoint}')
+    task_cls = get_task(cfg.task)
+    task_cls.preflight(cfg, splits=('val',))
+    _, model = load_model(cfg, checkpoint, use_ema)
+    return evaluate(cfg, task_cls, model, device=device, crop_pct=crop_pct)
 
-    Class attributes:
-        name: the ``task:`` value of configs.
-        data_config: the dataclass of the config's ``data`` section.
-        primary_metric: the key of :meth:`evaluate`'s result that selects the best checkpoint.
-        higher_is_better: direction of the primary metric.
-        requires: ``{module: extra}``: the optional packages the task needs and the ``gpvit[extra]`` that
-            installs them; a missing one is a config error before any work (:meth:`missing_requirements`).
-
-    Lifecycle (engine side): ``task = Task(cfg, dist)``; ``build_datasets()``; ``build_model()``; the engine
-    wraps the model (device, DDP, EMA), builds samplers and loaders with :meth:`collate_fn`, then calls
-    :meth:`train_step` on every micro-batch under autocast, and :meth:`evaluate` (model in eval mode, no grad)
-    on the ``val`` loader. :meth:`model_spec` is saved in checkpoints so that ``gpvit eval`` and
-    ``gpvit.create_model(name, checkpoint=...)`` can rebuild the model.
-    """
-    name: ClassVar[str]
-    data_config: ClassVar[type]
-    primary_metric: ClassVar[str]
-    higher_is_better: ClassVar[bool] = True
-    requires: ClassVar[Dict[str, str]] = {}
-
-    @classmethod
-    def missing_requirements(cls) -> List[str]:
-        """One line per optional package of :attr:`requires` that is not installed (nothing is imported)."""
-        import importlib.util
-        return [f'{module} (pip install "gpvit[{extra}]")' for module, extra in cls.requires.items()
-                if importlib.util.find_spec(module) is None]
-
-    def __init__(self, cfg: Any, dist: Any):
-        """
-        Args:
-            cfg: the whole :class:`gpvit.engine.config.Config` (its ``data`` section is ``data_config``).
-            dist: the :class:`gpvit.engine.distributed.DistContext` (device, rank, world size).
-        """
-        self.cfg = cfg
-        self.dist = dist
-
-    @classmethod
-    def preflight(cls, cfg: Any, splits=('train', 'val')) -> None:
-        """Cheap checks of the config against the file system (paths exist), run before any work starts;
-        raise :class:`gpvit.engine.config.ConfigError` naming the key."""
-
-    @abc.abstractmethod
-    def build_datasets(self, splits=('train', 'val')) -> Dict[str, Dataset]:
-        """Map-style datasets by split name. Called before :meth:`build_model` (it may set num_classes)."""
-
-    @abc.abstractmethod
-    def build_model(self) -> nn.Module:
-        """The network, on the CPU, with its initial (or pretrained) weights."""
-
-    def model_spec(self) -> Dict[str, Any]:
-        """``{'name': ..., 'kwargs': {...}}`` to rebuild the model with ``gpvit.create_model``; saved in checkpoints."""
-        return {'name': self.cfg.model.name, 'kwargs': dict(self.cfg.model.kwargs)}
-
-    def collate_fn(self, split: str) -> Optional[Callable[[List[Any]], Any]]:
-        """The DataLoader collate function of a split (None: PyTorch's default)."""
-        return None
-
-    def train_begin(self, model: nn.Module) -> None:
-        """Called once before the first step (e.g. to build batch augmentation)."""
-
-    @abc.abstractmethod
-    def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
-        """Forward one micro-batch (already the loader's output; move it to ``self.dist.device``) and return
-        the loss. Runs under the engine's autocast; the engine does backward and the optimiser step."""
-
-    @abc.abstractmethod
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any) -> Dict[str, float]:
-        """Metrics of ``model`` on a loader holding this process's shard, reduced over all processes (every
-        rank returns the same dict). Must contain :attr:`primary_metric`."""
-
-
-_TASKS: Dict[str, Type[Task]] = {}
-
-
-def register_task(cls: Type[Task]) -> Type[Task]:
-    """Class decorator: make ``task: cls.name`` usable in configs."""
-    if not dataclasses.is_dataclass(cls.data_config):
-        raise TypeError(f'{cls.__name__}.data_config must be a dataclass')
-    _TASKS[cls.name] = cls
-    return cls
-
-
-# Built-in task modules (each registers itself). One that cannot be imported (e.g. an optional dependency is
-# missing) is reported when a config asks for it, and does not keep the others from working.
-_BUILTIN = ('classification', 'segmentation', 'detection')
-_UNAVAILABLE: Dict[str, str] = {}
-_loaded = False
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _BUILTIN:
-        try:
-            importlib.import_module(f'{__name__}.{module}')
-        except Exception as e:  # noqa: BLE001  (reported by get_task)
-            _UNAVAILABLE[module] = f'{type(e).__name__}: {e}'
-
-
-def get_task(name: str) -> Type[Task]:
-    _load_builtin()
-    if name not in _TASKS:
-        from ..engine.config import ConfigError
-        if name in _UNAVAILABLE:
-            raise ConfigError(f'task: {name!r} is not available here: importing gpvit.tasks.{name} failed with '
-                              f'{_UNAVAILABLE[name]}')
-        raise ConfigError(f'task: unknown task {name!r}; known: {", ".join(sorted(_TASKS))}')
-    return _TASKS[name]
-
-
-def list_tasks() -> List[str]:
-    _load_builtin()
-    return sorted(_TASKS)

@@ -16,11 +16,14 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..data import (DataError, ImageFolderDataset, LMDBDataset, collate_skipping, eval_transform,
-                    train_transform)
-from ..engine.config import ConfigError, checked
+from ..data import DataError, ImageFolderDataset, LMDBDataset, collate_skipping, eval_transform, train_transform
+from ..engine.config import checked
 from ..engine.distributed import all_reduce_sum
-from . import StepOutput, Task, register_task
+from ..engine.task import StepOutput
+from ..errors import ConfigError
+from ..factory import create_model
+from .base import ModelTask
+from .registry import register_task
 
 __all__ = ['ClassificationTask', 'ClassificationDataConfig', 'TrainAugConfig', 'MixupConfig']
 
@@ -106,7 +109,7 @@ class ClassificationDataConfig:
 
 
 @register_task
-class ClassificationTask(Task):
+class ClassificationTask(ModelTask):
     """Image classification; primary metric ``top1`` (%)."""
     name = 'classification'
     data_config = ClassificationDataConfig
@@ -122,6 +125,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def preflight(cls, cfg, splits=('train', 'val')) -> None:
+        super().preflight(cfg, splits)  # the model name first
         d = cfg.data
         if not d.root:
             raise ConfigError('data.root: required (the folder holding the train and val splits)')
@@ -188,7 +192,6 @@ class ClassificationTask(Task):
         return {'name': self.cfg.model.name, 'kwargs': kwargs}
 
     def build_model(self) -> nn.Module:
-        from ..factory import create_model
         spec = self.model_spec()
         m = self.cfg.model
         if m.pretrained:

@@ -1,7 +1,7 @@
 """COCO object detection and instance segmentation (GPViT / GC ViT recipes): Mask R-CNN or RetinaNet.
 
 Model: ``model.name`` is a registered detector (``mask_rcnn`` or ``retinanet``, see
-:mod:`gpvit.models.detectors`); ``model.kwargs`` holds its arguments (``backbone: gpvit_l1``,
+:mod:`gpvit.dense.detectors`); ``model.kwargs`` holds its arguments (``backbone: gpvit_l1``,
 ``drop_path_rate``, ``adapter_kwargs``, ...); ``model.pretrained`` is the backbone's initial weights (a
 classification checkpoint of any supported format). ``num_classes`` (background included) and the test
 sizes come from the data. Data: a COCO instances JSON and its image folder (:mod:`gpvit.data.coco`).
@@ -15,12 +15,22 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..data.coco import (MULTISCALE_SHORT, CocoDetection, CocoEvaluator, collate_detection, eval_transform,
-                         train_transform_1x, train_transform_3x)
-from ..engine.config import ConfigError, checked
+from ..data.coco import (
+    MULTISCALE_SHORT,
+    CocoDetection,
+    CocoEvaluator,
+    collate_detection,
+    eval_transform,
+    train_transform_1x,
+    train_transform_3x,
+)
+from ..engine.config import checked
 from ..engine.distributed import all_gather_object, all_reduce_sum
-from ..models import detectors as _detectors  # noqa: F401  (registers mask_rcnn / retinanet in timm)
-from . import StepOutput, Task, register_task
+from ..engine.task import StepOutput
+from ..errors import ConfigError
+from ..factory import create_model
+from .base import ModelTask
+from .registry import register_task
 
 __all__ = ['DetectionTask', 'DetectionDataConfig']
 
@@ -63,11 +73,12 @@ class DetectionDataConfig:
 
 
 @register_task
-class DetectionTask(Task):
+class DetectionTask(ModelTask):
     """COCO detection; primary metric ``bbox_AP`` (a fraction, COCO's AP@[0.50:0.95])."""
     name = 'detection'
     data_config = DetectionDataConfig
     primary_metric = 'bbox_AP'
+    model_names = ('mask_rcnn', 'retinanet')
     requires = {'pycocotools': 'dense'}
     higher_is_better = True
 
@@ -83,6 +94,7 @@ class DetectionTask(Task):
 
     @classmethod
     def preflight(cls, cfg, splits=('train', 'val')) -> None:
+        super().preflight(cfg, splits)  # the model name first
         d = cfg.data
         root = Path(d.root).expanduser()
         if d.root and not root.is_dir():
@@ -137,7 +149,6 @@ class DetectionTask(Task):
         return {'name': self.cfg.model.name, 'kwargs': kwargs}
 
     def build_model(self) -> nn.Module:
-        from ..factory import create_model
         spec, m = self.model_spec(), self.cfg.model
         if spec['name'] not in ('mask_rcnn', 'retinanet'):
             raise ConfigError(f'model.name: {spec["name"]} is not a detector (mask_rcnn or retinanet, with '

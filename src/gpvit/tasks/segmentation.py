@@ -1,7 +1,7 @@
 """Semantic segmentation (ADE20K recipes of GPViT): UperNet or SegFormer head, dataset-level mIoU.
 
 Model: ``model.name`` is a registered segmentor (``upernet`` or ``segformer``, see
-:mod:`gpvit.models.segmentor`); ``model.kwargs`` holds its arguments, e.g. ``backbone: gpvit_l1``,
+:mod:`gpvit.dense.segmentor`); ``model.kwargs`` holds its arguments, e.g. ``backbone: gpvit_l1``,
 ``drop_path_rate: 0.1``; ``model.pretrained`` is the backbone's initial weights (a classification checkpoint
 of any supported format). Data: an ADE20K-format folder (:mod:`gpvit.data.ade`). Metric: mIoU over the whole
 validation set (per-class intersections and unions summed over all images and processes, classes absent from
@@ -11,16 +11,20 @@ both prediction and ground truth left out), as the reference reports it, through
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..data.ade import ADE_MEAN, ADE_STD, IGNORE_INDEX, ADE20KDataset, SegEvalTransform, SegTrainTransform, collate_seg
-from ..engine.config import ConfigError, checked
+from ..dense import Segmentor
+from ..engine.config import checked
 from ..engine.distributed import all_reduce_sum
-from ..models import segmentor as _segmentor  # noqa: F401  (registers upernet / segformer in timm)
-from . import StepOutput, Task, register_task
+from ..engine.task import StepOutput
+from ..errors import ConfigError
+from ..factory import create_model
+from .base import ModelTask
+from .registry import register_task
 
 __all__ = ['SegmentationTask', 'SegmentationDataConfig', 'SegTrainAugConfig', 'MIoUEvaluator']
 
@@ -115,11 +119,12 @@ class MIoUEvaluator:
 
 
 @register_task
-class SegmentationTask(Task):
+class SegmentationTask(ModelTask):
     """Semantic segmentation; primary metric ``mIoU`` (a fraction in [0, 1])."""
     name = 'segmentation'
     data_config = SegmentationDataConfig
     primary_metric = 'mIoU'
+    model_names = ('upernet', 'segformer')
     requires = {'torchmetrics': 'dense'}
     higher_is_better = True
 
@@ -129,6 +134,7 @@ class SegmentationTask(Task):
 
     @classmethod
     def preflight(cls, cfg, splits=('train', 'val')) -> None:
+        super().preflight(cfg, splits)  # the model name first
         d = cfg.data
         if not d.root:
             raise ConfigError('data.root: required (the ADEChallengeData2016 folder)')
@@ -170,11 +176,10 @@ class SegmentationTask(Task):
         return {'name': self.cfg.model.name, 'kwargs': kwargs}
 
     def build_model(self) -> nn.Module:
-        from ..factory import create_model
         spec, m = self.model_spec(), self.cfg.model
         model = create_model(spec['name'], backbone_checkpoint=m.pretrained, backbone_use_ema=m.pretrained_use_ema,
                              **spec['kwargs'])
-        if not isinstance(model, _segmentor.Segmentor):
+        if not isinstance(model, Segmentor):
             raise ConfigError(f'model.name: {spec["name"]} is not a segmentor (use upernet or segformer with '
                               f'model.kwargs.backbone)')
         return model

@@ -177,8 +177,9 @@ def _panel_height(image_hw: Tuple[int, int], panel_px: int) -> int:
 
 
 def _model_from_args(checkpoint, model_name: Optional[str], use_ema: bool, weights_only: bool):
-    from ..checkpoint import CheckpointError, identify, read_checkpoint
+    from ..checkpoint import CheckpointError, read_checkpoint
     from ..factory import create_model, list_models
+    from ..models import identify
     if checkpoint is None:
         if model_name is None:
             raise ValueError('give a checkpoint, a model name, or both')

@@ -1,0 +1,69 @@
+"""Dense models: the ViT-Adapter, deformable attention, segmentation heads, segmentors and detectors.
+
+Built by plain builder functions (:data:`DENSE_MODELS`), not timm registry names: a dense model is a backbone of
+:mod:`gpvit.models` plus heads, and the backbone is an argument (``backbone='gpvit_l1'``).
+:func:`create_dense_model` builds one and loads a whole-model checkpoint of this project into it;
+``gpvit.create_model`` reaches it by the same names.
+
+Layer: above :mod:`gpvit.models`; knows nothing of tasks, the engine or tools.
+"""
+import os
+from typing import Callable, Dict, Mapping, Optional, Union
+
+import torch.nn as nn
+
+from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint_file
+from .backbone import DenseBackbone, build_dense_body, default_out_indices
+from .detectors import GPViTMaskRCNN, GPViTRetinaNet, mask_rcnn, retinanet
+from .segmentor import Segmentor, segformer, upernet
+
+__all__ = ['DENSE_MODELS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone', 'Segmentor',
+           'GPViTMaskRCNN', 'GPViTRetinaNet', 'build_dense_body', 'default_out_indices']
+
+#: Dense model name -> builder.
+DENSE_MODELS: Dict[str, Callable[..., nn.Module]] = {
+    'upernet': upernet,
+    'segformer': segformer,
+    'mask_rcnn': mask_rcnn,
+    'retinanet': retinanet,
+}
+
+
+def load_dense_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping, Checkpoint],
+                          use_ema: bool = False, weights_only: bool = True) -> nn.Module:
+    """Load a whole-model checkpoint of this project (training checkpoint, ``best.pth``, plain or safetensors
+    state dict) into a dense ``model``; anything that does not fit raises a :class:`CheckpointError` naming the
+    first missing and unexpected keys, and nothing is loaded."""
+    state_dict = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only).state_dict
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f'checkpoint does not fit this {type(model).__name__}: {len(missing)} missing keys (first '
+            f'{missing[:8]}), {len(unexpected)} unexpected (first {unexpected[:8]}), {len(shapes)} of another '
+            f'shape (first {shapes[:8]}); build the model with the settings it was trained with')
+    model.load_state_dict(state_dict, strict=False)
+    return model
+
+
+def create_dense_model(name: str, checkpoint: Optional[Union[str, os.PathLike, Mapping, Checkpoint]] = None, *,
+                       use_ema: bool = False, weights_only: bool = True, pretrained: bool = False,
+                       **kwargs) -> nn.Module:
+    """Build the dense model ``name`` (:data:`DENSE_MODELS`) with ``kwargs``, optionally loading ``checkpoint``.
+
+    Raises:
+        ValueError: an unknown name.
+        CheckpointError: the checkpoint does not fit; ``pretrained=True`` (no published whole-model weights
+            are wired up here: pass ``checkpoint=``, or ``backbone_checkpoint=`` for backbone weights).
+    """
+    if name not in DENSE_MODELS:
+        raise ValueError(f'unknown dense model {name!r}; known: {", ".join(DENSE_MODELS)}')
+    if pretrained:
+        raise CheckpointError(f'{name}: no published weights are wired up for pretrained=True; pass checkpoint=PATH '
+                              f'(a checkpoint of this project), or backbone_checkpoint= for backbone weights')
+    model = DENSE_MODELS[name](**kwargs)
+    if checkpoint is not None:
+        load_dense_checkpoint(model, checkpoint, use_ema, weights_only)
+    return model
