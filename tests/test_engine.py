@@ -10,7 +10,8 @@ import gpvit
 from gpvit.engine.config import ConfigError
 from gpvit.engine.logs import plot_curves
 from gpvit.engine.optim import ScheduleLength, build_optimizer, build_scheduler, lr_at, param_groups
-from gpvit.engine.state import CheckpointManager, find_resume
+from gpvit.engine.state import FORMAT, CheckpointManager, find_resume, remove_stale_temporaries
+from gpvit.errors import CheckpointError
 from gpvit.tasks import build_config, load_config, train
 
 from trainkit import make_image_folder, tiny_config
@@ -96,10 +97,15 @@ def test_param_groups_follow_the_gpvit_recipe():
     assert type(opt).__name__ == 'AdamW' and all(g['lr'] == 2e-3 for g in opt.param_groups)
 
 
+def _train_state(step: int) -> dict:
+    """The smallest complete training checkpoint (what a resume needs)."""
+    return {'format': FORMAT, 'model': {}, 'optimizer': {}, 'scheduler': {}, 'scaler': {}, 'epoch': 0, 'step': step}
+
+
 def test_checkpoint_manager_keeps_last_n_and_never_truncates(tmp_path, monkeypatch):
     m = CheckpointManager(tmp_path, keep_last=2)
     for n in range(1, 5):
-        m.save({'step': torch.tensor(n)}, number=n)
+        m.save(_train_state(n), number=n)
     assert [p.name for p in m.numbered()] == ['checkpoint-000003.pth', 'checkpoint-000004.pth']
     assert torch.load(m.last, weights_only=True)['step'] == 4
 
@@ -109,14 +115,49 @@ def test_checkpoint_manager_keeps_last_n_and_never_truncates(tmp_path, monkeypat
         raise OSError('disk full')
     monkeypatch.setattr(torch, 'save', crash)
     with pytest.raises(OSError, match='disk full'):
-        m.save({'step': torch.tensor(5)}, number=5)
+        m.save(_train_state(5), number=5)
     monkeypatch.undo()
     assert torch.load(m.last, weights_only=True)['step'] == 4  # the previous resume point is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-000003.pth', 'checkpoint-000004.pth',
                                                           'last.pth']
-    assert find_resume('auto', tmp_path) == m.last and find_resume('auto', tmp_path / 'x') is None
+    path, state = find_resume('auto', tmp_path)
+    assert path == m.last and state['step'] == 4 and find_resume('auto', tmp_path / 'x') is None
     with pytest.raises(FileNotFoundError):
         find_resume(str(tmp_path / 'missing.pth'), tmp_path)
+
+
+def test_resume_falls_back_from_a_corrupt_last_checkpoint(tmp_path, caplog):
+    m = CheckpointManager(tmp_path, keep_last=2)
+    for n in (1, 2):
+        m.save(_train_state(n), number=n)
+    m.last.write_bytes(m.last.read_bytes()[:100])  # cut short
+    path, state = find_resume('auto', tmp_path)
+    assert path.name == 'checkpoint-000002.pth' and state['step'] == 2
+    assert 'last.pth (' in caplog.text and 'resuming from checkpoint-000002.pth (update 2) instead' in caplog.text
+    for p in m.numbered():
+        p.write_bytes(b'')
+    with pytest.raises(CheckpointError, match=r'^resume auto: no usable checkpoint in .*checkpoint-000002\.pth '
+                                              r'\(.*the file is empty'):
+        find_resume('auto', tmp_path)
+
+
+def test_resume_from_weights_only_or_a_folder_is_a_clear_error(tmp_path):
+    m = CheckpointManager(tmp_path)
+    m.save_best(_train_state(3))
+    with pytest.raises(CheckpointError, match=r'best\.pth: holds the weights only \(no optimizer, scheduler, '
+                                              r'scaler\), as best\.pth does; resume from last\.pth'):
+        find_resume(str(m.best), tmp_path)
+    with pytest.raises(CheckpointError, match='is a directory; give a checkpoint file'):
+        find_resume(str(tmp_path), tmp_path)
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
+    (tmp_path / '.last.pth.abc123.tmp').write_bytes(b'partial')
+    (tmp_path / '.checkpoint-000004.pth.x.tmp').write_bytes(b'partial')
+    (tmp_path / 'notes.tmp').write_text('a user file')  # not ours
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == ['.checkpoint-000004.pth.x.tmp', '.last.pth.abc123.tmp']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.tmp']
 
 
 @pytest.fixture(scope='module')

@@ -142,3 +142,151 @@ def test_a_failed_evaluation_loses_no_training(folder, tmp_path, monkeypatch):
     train(tiny_config(folder['root'], run, **STRICT), resume='auto')
     assert 'pending_record' not in torch.load(run / 'last.pth', weights_only=True)
     _compare_runs(ref, run)
+
+
+def test_changed_settings_are_refused_unless_overridden(folder, tmp_path):
+    """Resume with another lr: refused, naming the key and both values; with --override the new lr applies from
+    the checkpoint's update on (the schedule of a run started with it) and is recorded."""
+    from gpvit.engine.config import ConfigError
+    run = tmp_path / 'run'
+    with pytest.raises(Killed):
+        train(tiny_config(folder['root'], run), hooks={'after_epoch': _kill_at_epoch(1)})
+    step = torch.load(run / 'last.pth', weights_only=True)['step']
+    with pytest.raises(ConfigError, match=r"^--resume: the run in .*last\.pth was trained with other settings "
+                                          r"\(optim\.lr: 0\.002 -> 0\.05\)\. .*--override optim\.lr"):
+        train(tiny_config(folder['root'], run, ['optim.lr=0.05']), resume='auto')
+    with pytest.raises(ConfigError, match=r'loader\.batch_size: 8 -> 4'):
+        train(tiny_config(folder['root'], run, ['loader.batch_size=4']), resume='auto')
+    # where things are and how they are reported may change freely
+    train(tiny_config(folder['root'], run, ['optim.lr=0.05', 'log.curves=false', 'loader.workers=1']),
+          resume='auto', override=['optim.lr'])
+    state = torch.load(run / 'last.pth', weights_only=True)
+    assert state['overrides'] == [{'key': 'optim.lr', 'old': 0.002, 'new': 0.05, 'step': step}]
+    assert state['config']['optim']['lr'] == 0.05
+    fresh = tmp_path / 'fresh'
+    train(tiny_config(folder['root'], fresh, ['optim.lr=0.05']))
+    assert [r['lr'] for r in _records(run)][1:] == [r['lr'] for r in _records(fresh)][1:]
+
+
+def test_extending_a_finished_run(folder, tmp_path):
+    """More epochs for a finished run: refused (it would train on at the final lr); with --override train.epochs
+    the schedule is rebuilt for the new length and followed from the last update."""
+    from gpvit.engine.config import ConfigError
+    run = tmp_path / 'run'
+    train(tiny_config(folder['root'], run, ['train.epochs=2']))
+    with pytest.raises(ConfigError, match=r'train\.epochs: 2 -> 4'):
+        train(tiny_config(folder['root'], run, ['train.epochs=4']), resume='auto')
+    train(tiny_config(folder['root'], run, ['train.epochs=4']), resume='auto', override=['train.epochs'])
+    longer = tmp_path / 'longer'
+    train(tiny_config(folder['root'], longer, ['train.epochs=4']))
+    lrs, expected = [r['lr'] for r in _records(run)], [r['lr'] for r in _records(longer)]
+    assert len(lrs) == 4 and lrs[2:] == expected[2:] and lrs[2] > lrs[1]  # back on the 4-epoch cosine
+
+
+def test_one_live_run_per_output_dir(folder, tmp_path):
+    from gpvit.engine.config import ConfigError
+    from gpvit.engine.lock import RunLock
+    run = tmp_path / 'run'
+    with RunLock(run):
+        with pytest.raises(ConfigError, match=rf'^output_dir: {run} is in use by another run \(process {os.getpid()} '
+                                              r'on .*, started .*\); wait for it to finish, or choose another'):
+            train(tiny_config(folder['root'], run))
+    assert not (run / 'last.pth').exists()
+    # a lock held by a process that is killed is released by the kernel
+    code = f'from gpvit.engine.lock import RunLock; import time; RunLock({str(run)!r}).acquire(); print("held", ' \
+           f'flush=True); time.sleep(600)'
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'held'
+    with pytest.raises(ConfigError, match=rf'in use by another run \(process {proc.pid} '):
+        RunLock(run).acquire()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    RunLock(run).acquire().release()
+
+
+def _kill_at_epoch(epoch):
+    def hook(trainer):
+        if trainer.epoch == epoch:
+            raise Killed(f'killed after epoch {epoch}')
+    return hook
+
+
+_FAULTY_RUN = '''
+import os, signal, sys
+import torch
+import gpvit.engine.state as state
+from gpvit.cli import main
+from gpvit.tasks.classification import ClassificationTask
+
+kind, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+
+def due():
+    calls[0] += 1
+    return calls[0] == n
+
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if kind in ('step', 'eval'):
+    name = 'train_step' if kind == 'step' else 'evaluate'
+    real = getattr(ClassificationTask, name)
+
+    def patched(self, model, batch):
+        out = real(self, model, batch)
+        if due():
+            kill()  # after the forward, before backward / before the metrics come back
+        return out
+    setattr(ClassificationTask, name, patched)
+else:
+    real_save = state.atomic_save
+
+    def atomic_save(obj, path, save_fn=None):
+        if not due():
+            return real_save(obj, path, save_fn)
+
+        def half_then_kill(o, p):  # the kill lands in the middle of writing the file
+            torch.save(o, p)
+            data = open(p, 'rb').read()
+            open(p, 'wb').write(data[:len(data) // 2])
+            kill()
+        return real_save(obj, path, half_then_kill)
+    state.atomic_save = atomic_save
+sys.exit(main(['train', '--config', sys.argv[3], '--resume', 'auto']))
+'''
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_at_random_points_then_resume_is_bit_exact(folder, tmp_path):
+    """Ten SIGKILLs at random points (inside a training step, an evaluation, the middle of a checkpoint write),
+    each followed by `gpvit train --resume auto`: the run ends with the uninterrupted run's weights, optimiser,
+    EMA and metrics.jsonl, and no temporary file of a cut write is left."""
+    import random
+    sections = dict(STRICT, train={'epochs': 4, 'accum_steps': 2, 'threads': 1})
+    ref = tmp_path / 'uninterrupted'
+    train(tiny_config(folder['root'], ref, **sections))
+
+    run = tmp_path / 'faulty'
+    cfg_file = tmp_path / 'cfg.yaml'
+    cfg_file.write_text(yaml.safe_dump(tiny_raw(folder['root'], run, **sections)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent)] + sys.path))
+    rng = random.Random(0)
+    points = [rng.choice([('step', rng.randint(1, 6)), ('eval', rng.randint(1, 2)), ('save', rng.randint(1, 3))])
+              for _ in range(10)]
+    kinds_killed = set()
+    for kind, n in points:
+        proc = subprocess.run([sys.executable, '-c', _FAULTY_RUN, kind, str(n), str(cfg_file)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode == -signal.SIGKILL:
+            kinds_killed.add(kind)
+        else:
+            assert proc.returncode == 0, proc.stderr[-2000:]  # the run finished before the kill point
+    assert kinds_killed == {'step', 'eval', 'save'}
+    proc = subprocess.run([sys.executable, '-m', 'gpvit', 'train', '--config', str(cfg_file), '--resume', 'auto'],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _compare_runs(ref, run)
+    assert not list(run.glob('.*.tmp'))

@@ -9,6 +9,7 @@ family then converts its foreign key layouts to the project's layout in its ``ch
 nothing is half-loaded silently.
 """
 import argparse
+import json
 import logging
 import os
 import pickle
@@ -33,6 +34,8 @@ _MAX_LISTED = 8
 
 
 def _torch_load(path: Path, weights_only: bool) -> Any:
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'{path}: the file is empty (0 bytes): a copy or a write that did not finish')
     try:
         if weights_only:
             # timm CheckpointSaver files keep the training arguments as an argparse.Namespace.
@@ -44,11 +47,13 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
             looks_like_torch = zipfile.is_zipfile(path) or f.read(1) == b'\x80'  # zip or pickle protocol >= 2
         if not looks_like_torch:
             raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)') from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f'{path}: holds Python objects that are not loaded without trusting the file ({e}). If you trust it, '
-            f'load it with weights_only=False.') from e
+            f'{path}: holds Python objects that are not loaded without trusting the file ({reason}). If you trust '
+            f'it, load it with weights_only=False (on the command line: --unsafe-pickle)') from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}') from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}') from e
 
 
 def unwrap_state_dict(obj: Mapping, use_ema: bool = False) -> StateDict:
@@ -128,7 +133,12 @@ def read_checkpoint_file(
         from safetensors.torch import load_file
         try:
             with safe_open(str(path), 'pt') as f:
-                meta = dict(f.metadata() or {})
+                meta: Dict[str, Any] = dict(f.metadata() or {})
+            if isinstance(meta.get('model_spec'), str):  # written by gpvit convert as JSON
+                try:
+                    meta['model_spec'] = json.loads(meta['model_spec'])
+                except ValueError:
+                    del meta['model_spec']
             return Checkpoint(unwrap_state_dict(load_file(str(path)), use_ema), meta, path)
         except SafetensorError as e:
             raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpvit', description='GPViT and GC ViT: models, checkpoints, training.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log at INFO level')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (default: one line)')
     parser.add_argument('--version', action='version', version=f'gpvit {__version__}')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for name in COMMAND_MODULES:
@@ -34,8 +35,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .errors import GPViTError
     try:
         return args.func(args)
-    except (GPViTError, FileNotFoundError, ValueError) as e:
-        print(f'gpvit {args.command}: error: {e}', file=sys.stderr)
+    except (GPViTError, FileNotFoundError, IsADirectoryError, ValueError) as e:
+        if args.debug:
+            raise
+        message = '; '.join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f'gpvit {args.command}: error: {message} (--debug shows the traceback)', file=sys.stderr)
         return 2
 
 

@@ -4,7 +4,7 @@ Each is a ``ValueError`` whose message names the problem and the fix in one line
 ``gpvit <command>: error: <message>`` for them, without a traceback.
 """
 
-__all__ = ['GPViTError', 'ConfigError', 'CheckpointError', 'DataError']
+__all__ = ['GPViTError', 'ConfigError', 'CheckpointError', 'DataError', 'TrainingError']
 
 
 class GPViTError(ValueError):
@@ -21,3 +21,7 @@ class CheckpointError(GPViTError):
 
 class DataError(GPViTError):
     """A dataset that cannot be used (missing folders, no images, bad annotations)."""
+
+
+class TrainingError(GPViTError):
+    """A run that cannot go on as configured (its loss diverged)."""

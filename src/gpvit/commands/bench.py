@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
         title = ('GPViT vs plain ViT (global attention, patch 16 / 8)' if suite == 'appendix' else '')
         path = bench.plot_results(results, out_dir / f'{suite}.png', title, group_size=3 if suite == 'appendix' else 1)
         print(f'wrote {path}', file=sys.stderr)
+    failed = [r for r in results if r.status == 'error']
+    if failed:  # OOM and timeout are measurements; an error is a case that could not run at all
+        print(f'gpvit bench: error: {len(failed)} of {len(results)} case(s) could not run, first: {failed[0].model} '
+              f'{failed[0].input_size}: {failed[0].note}', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,18 +4,18 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import CheckpointError, read_checkpoint_file
     from ..factory import create_model, list_models
-    from ..models import identify
+    from ..models import model_args
     from ..tools.bench import parse_size
     from ..tools.export import ExportError, default_suffix, export_model
 
     name, kwargs, state_dict = args.model, {}, None
     if args.checkpoint:
-        state_dict = read_checkpoint(args.checkpoint, use_ema=args.use_ema, weights_only=not args.unsafe_pickle)
+        state_dict = read_checkpoint_file(args.checkpoint, use_ema=args.use_ema, weights_only=not args.unsafe_pickle)
         if name is None:
             try:
-                name, kwargs, _ = identify(state_dict)
+                name, kwargs = model_args(state_dict)
             except CheckpointError as e:
                 raise CheckpointError(f'{args.checkpoint}: cannot tell which model this checkpoint is for ({e}); '
                                       f'name it with --model') from e

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
         if split == 'val' and classes is None and args.classes_from:
             from ..data.lmdb import read_lmdb_meta
             classes = read_lmdb_meta(args.classes_from)['classes']
-        info = write_lmdb(img_dir, out, class_names=classes, full_decode=args.full_decode)
+        info = write_lmdb(img_dir, out, class_names=classes, full_decode=not args.quick_check)
         classes = info['classes']
         print(f'{split}: {info["written"]} images in {len(classes)} classes -> {out}'
               + (f'; {len(info["skipped"])} unreadable image(s) skipped' if info['skipped'] else ''))
@@ -33,5 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--val-out', help='LMDB database to create for it')
     p.add_argument('--classes-from', help='an existing training LMDB whose classes the validation split uses '
                                           '(when converting only the validation split)')
-    p.add_argument('--full-decode', action='store_true', help='decode every image to check it (slower)')
+    p.add_argument('--quick-check', action='store_true',
+                   help="check each file's structure only (PIL verify), not by decoding it: faster, but truncated "
+                        'images get in (they are skipped when read during training)')
     p.set_defaults(func=run)

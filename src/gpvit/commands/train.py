@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..tasks import train
     try:
-        result = train(cfg, resume=args.resume, device=args.device)
+        result = train(cfg, resume=args.resume, device=args.device, override=args.override)
     except KeyboardInterrupt:
         import sys
         print(f'gpvit train: interrupted; continue with --resume auto (output_dir {cfg.output_dir})', file=sys.stderr)
@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    'every process runs this command (DistributedDataParallel).')
     add_config_args(p)
     p.add_argument('--resume', default=None, metavar='auto|PATH',
-                   help="'auto': continue from OUTPUT_DIR/last.pth if it exists; or a checkpoint path")
+                   help="'auto': continue from OUTPUT_DIR/last.pth if it exists; or a checkpoint path. A config that "
+                        "differs from the checkpoint's in a key that changes the result is refused")
+    p.add_argument('--override', action='append', default=[], metavar='KEY',
+                   help='with --resume: apply this changed key (or section, e.g. optim.lr, sched) from the '
+                        "checkpoint's update on; repeatable; recorded in the checkpoints")
     p.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
     p.set_defaults(func=run)

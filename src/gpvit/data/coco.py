@@ -111,24 +111,33 @@ class CocoDetection(Dataset):
             raise DataError(f'{self.ann_file}: not a COCO instances file (needs "images", "annotations", '
                             f'"categories")')
         self.transforms, self.with_masks, self.train, self.on_error = transforms, with_masks, train, on_error
+        bad = [i for i, c in enumerate(data['categories'])
+               if not isinstance(c, dict) or not isinstance(c.get('id'), int) or isinstance(c.get('id'), bool)]
+        if bad:
+            raise DataError(f'{self.ann_file}: category {bad[0]} ({data["categories"][bad[0]]!r}) has no integer '
+                            f'"id"; every entry of "categories" needs one ({len(bad)} without)')
+        ids = [c['id'] for c in data['categories']]
+        if len(set(ids)) != len(ids):
+            raise DataError(f'{self.ann_file}: category ids repeat ({sorted(i for i in set(ids) if ids.count(i) > 1)})')
         cats = sorted(data['categories'], key=lambda c: c['id'])
         self.cat_ids = [c['id'] for c in cats]
         self.classes = [c.get('name', str(c['id'])) for c in cats]
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
         counts = {'annotations': 0, 'bad_box': 0, 'bad_category': 0, 'bad_segmentation': 0, 'crowd': 0,
-                  'images_without_annotations': 0, 'missing_files': 0}
+                  'unknown_image_id': 0, 'bad_image_records': 0, 'images_without_annotations': 0,
+                  'missing_files': 0}
         images = {}
         for im in data['images']:
             try:
                 images[im['id']] = {'id': im['id'], 'file_name': im['file_name'], 'width': int(im['width']),
                                     'height': int(im['height']), 'anns': []}
             except (KeyError, TypeError, ValueError):
-                counts['missing_files'] += 1  # an unusable image record
+                counts['bad_image_records'] += 1  # no id, file_name, width or height
         for ann in data.get('annotations') or []:
             counts['annotations'] += 1
             im = images.get(ann.get('image_id')) if isinstance(ann, dict) else None
             if im is None:
-                counts['bad_box'] += 1
+                counts['unknown_image_id'] += 1  # not a dict, or of an image that is not listed
                 continue
             if ann.get('category_id') not in self.label_of:
                 counts['bad_category'] += 1

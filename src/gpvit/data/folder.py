@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 
 __all__ = ['IMG_EXTENSIONS', 'DataError', 'UnreadableImage', 'ClassificationDataset', 'ImageFolderDataset',
-           'scan_image_folder', 'decode_image', 'collate_skipping']
+           'scan_image_folder', 'decode_image', 'to_rgb', 'collate_skipping']
 
 _logger = logging.getLogger(__name__)
 
@@ -31,12 +31,30 @@ class UnreadableImage(Exception):
     """One image that cannot be decoded."""
 
 
+#: Pillow modes of more than 8 bits per sample: ``convert('RGB')`` clips them to 255 instead of scaling.
+_WIDE_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit grey images (16-bit PNG, TIFF: Pillow's ``I;16*`` and ``I`` modes) are scaled
+    from 0..65535 to 0..255 first; Pillow's ``convert('RGB')`` would clip them (almost every pixel 255)."""
+    if img.mode in _WIDE_MODES:
+        import numpy as np
+        a = np.asarray(img).astype(np.float64)
+        # 'I' is 32-bit: a 16-bit range where it fits in one (the usual decode of 16-bit files), else its own max
+        top = 65535. if img.mode != 'I' or a.max(initial=0) <= 65535 else float(a.max())
+        img = Image.fromarray(np.clip(np.rint(a * (255. / top)), 0, 255).astype(np.uint8), 'L')
+    return img.convert('RGB')
+
+
 def decode_image(data: Any, name: str) -> Image.Image:
-    """Open and fully decode an image (path or bytes) as RGB; any failure is an :class:`UnreadableImage`."""
+    """Open and fully decode an image (path or bytes) as 8-bit RGB (:func:`to_rgb`); any failure is an
+    :class:`UnreadableImage`."""
     try:
         src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
         with Image.open(src) as img:
-            return img.convert('RGB')  # convert() forces the full decode: truncated files fail here
+            img.load()  # the full decode: truncated files fail here
+            return to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
         raise UnreadableImage(f'{name}: {type(e).__name__}: {e}') from None
 

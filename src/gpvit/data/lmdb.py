@@ -117,7 +117,7 @@ def _check_bytes(data: bytes) -> None:
         img.verify()
 
 
-def write_lmdb(img_dir, out, class_names: Optional[Sequence[str]] = None, full_decode: bool = False,
+def write_lmdb(img_dir, out, class_names: Optional[Sequence[str]] = None, full_decode: bool = True,
                commit_every: int = 1000, progress: bool = True) -> Dict:
     """Write ``img_dir/<class>/<image>`` into a new LMDB database ``out``.
 
@@ -128,7 +128,8 @@ def write_lmdb(img_dir, out, class_names: Optional[Sequence[str]] = None, full_d
         img_dir: a split folder (``train`` or ``val``).
         out: the database folder to create (must not exist).
         class_names: the class list to use (the training split's, for a validation split).
-        full_decode: decode every image to check it (slow); default: PIL's structural ``verify``.
+        full_decode: decode every image to check it (the default: a truncated JPEG passes the structural check);
+            False: only PIL's structural ``verify``, faster, and broken files are then skipped at training time.
 
     Returns:
         ``{'written': n, 'skipped': [paths], 'classes': [...]}``.

@@ -63,7 +63,13 @@ def create_dense_model(name: str, checkpoint: Optional[Union[str, os.PathLike, M
     if pretrained:
         raise CheckpointError(f'{name}: no published weights are wired up for pretrained=True; pass checkpoint=PATH '
                               f'(a checkpoint of this project), or backbone_checkpoint= for backbone weights')
-    model = DENSE_MODELS[name](**kwargs)
+    ckpt = None
     if checkpoint is not None:
-        load_dense_checkpoint(model, checkpoint, use_ema, weights_only)
+        ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only)
+        spec = ckpt.model_spec
+        if spec is not None and spec['name'] == name:  # built as it was trained, unless kwargs say otherwise
+            kwargs = {**dict(spec['kwargs']), **kwargs}
+    model = DENSE_MODELS[name](**kwargs)
+    if ckpt is not None:
+        load_dense_checkpoint(model, ckpt)
     return model

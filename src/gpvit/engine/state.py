@@ -19,7 +19,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch
 from ..checkpoint import atomic_save
 
 __all__ = ['get_rng_state', 'set_rng_state', 'CheckpointManager', 'find_resume', 'load_training_checkpoint',
-           'FORMAT']
+           'remove_stale_temporaries', 'FORMAT']
 
 _logger = logging.getLogger(__name__)
 FORMAT = 'gpvit-train'
@@ -100,29 +100,79 @@ class CheckpointManager:
         atomic_save(light, self.best)
 
 
-def find_resume(resume: Optional[str], output_dir) -> Optional[Path]:
-    """``'auto'``: ``output_dir/last.pth`` if it exists (else None: a fresh start); a path: that file."""
-    if not resume:
-        return None
-    if resume == 'auto':
-        last = Path(output_dir) / 'last.pth'
-        return last if last.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f'--resume: no checkpoint at {path}')
-    return path
+_REQUIRED = ('model', 'optimizer', 'scheduler', 'scaler', 'step', 'epoch')
 
 
 def load_training_checkpoint(path) -> Dict[str, Any]:
-    from ..checkpoint import CheckpointError
+    """A training checkpoint of this project, checked to hold everything a resume needs."""
+    from ..errors import CheckpointError
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f'--resume: {path} is a directory; give a checkpoint file (e.g. {path / "last.pth"})')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'{path}: the file is empty (0 bytes): a copy or a write that did not finish')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unreadable file is the same error to the user)
-        raise CheckpointError(f'{path}: not a readable training checkpoint: {e}') from e
+        raise CheckpointError(f'{path}: not a readable training checkpoint ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0] if str(e) else "truncated or corrupt"})') from e
     if not isinstance(state, dict) or state.get('format') != FORMAT:
         raise CheckpointError(f'{path}: not a training checkpoint of this project (no format={FORMAT!r}); to start '
                               f'from its weights, set model.pretrained instead of --resume')
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f'{path}: holds the weights only (no {", ".join(missing)}), as best.pth does; resume '
+                              f'from last.pth or a checkpoint-N.pth, or start a new run from these weights with '
+                              f'model.pretrained={path}')
     return state
+
+
+def find_resume(resume: Optional[str], output_dir) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """``(path, state)`` to resume from, or None for a fresh start.
+
+    ``'auto'``: ``output_dir/last.pth``; if that file is unreadable (a disk that filled up, a copy cut short), the
+    newest readable ``checkpoint-N.pth`` instead, with a warning naming both. A path: that file, which must be a
+    complete training checkpoint.
+    """
+    if not resume:
+        return None
+    if resume != 'auto':
+        path = Path(resume)
+        if not path.exists():
+            raise FileNotFoundError(f'--resume: no checkpoint at {path}')
+        return path, load_training_checkpoint(path)
+    manager = CheckpointManager(output_dir)
+    candidates = [manager.last] + manager.numbered()[::-1]
+    failures = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            state = load_training_checkpoint(path)
+        except Exception as e:  # noqa: BLE001  (fall back to the next checkpoint, saying why)
+            failures.append(f'{path.name} ({e})')
+            continue
+        if failures:
+            _logger.warning('resume auto: %s unusable; resuming from %s (update %d) instead', '; '.join(failures),
+                            path.name, state['step'])
+        return path, state
+    if failures:
+        from ..errors import CheckpointError
+        raise CheckpointError(f'resume auto: no usable checkpoint in {output_dir}: {"; ".join(failures)}')
+    return None
+
+
+def remove_stale_temporaries(output_dir) -> List[Path]:
+    """Delete the temporary files of checkpoint writes a killed run left behind (``.last.pth.*.tmp``); call it
+    while holding the output directory's lock."""
+    removed = []
+    for p in Path(output_dir).glob('.*.tmp'):
+        if p.is_file() and p.name.endswith('.tmp') and '.pth.' in p.name:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        _logger.info('removed %d temporary file(s) of an interrupted checkpoint write', len(removed))
+    return removed
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:

@@ -18,27 +18,23 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import CheckpointError, TrainingError
 from .config import Config, ConfigError, dump_config, to_dict
 from .data import ResumableSampler, build_eval_loader, build_train_loader
 from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
 from .logs import MetricsLog, plot_curves, setup_logging
 from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
-from .state import (
-    FORMAT,
-    CheckpointManager,
-    find_resume,
-    get_rng_state,
-    load_training_checkpoint,
-    set_rng_state,
-    truncate_jsonl,
-)
+from .lock import RunLock
+from .resume import check_resume_changes
+from .state import (FORMAT, CheckpointManager, find_resume, get_rng_state, remove_stale_temporaries,
+                    set_rng_state, truncate_jsonl)
 from .task import Task
 
 __all__ = ['train', 'TrainResult', 'autocast_context', 'seed_everything']
@@ -101,10 +97,14 @@ def _check_batch(cfg: Config, world_size: int) -> None:
 
 class _Trainer:
     def __init__(self, cfg: Config, task: Type[Task], resume: Optional[str], dist: DistContext,
-                 hooks: Dict[str, Callable]):
+                 hooks: Dict[str, Callable], override: Sequence[str] = ()):
         self.cfg, self.task_cls, self.dist, self.hooks = cfg, task, dist, hooks
         self.out = Path(cfg.output_dir)
         self.resume_arg = resume
+        self.override = tuple(override)
+        self.lock: Optional[RunLock] = None
+        self.log_handler = None
+        self.applied: List[Dict[str, Any]] = []
 
     # -- setup -------------------------------------------------------------------------------------------------
 
@@ -123,9 +123,9 @@ class _Trainer:
         if not self.resume_arg and (self.out / 'last.pth').exists():
             raise ConfigError(f'output_dir: {self.out} already holds a run (last.pth); continue it with '
                               f'--resume auto, or choose another output_dir')
-        if dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        barrier()
+        self._lock_output_dir()
+        # The checkpoint to resume from, read and checked against this config before any data or model is built.
+        self.resume_state = self._load_resume()
         self.log_handler = setup_logging(self.out, dist.is_main)
         self.task = self.task_cls(cfg, dist)
 
@@ -196,6 +196,7 @@ class _Trainer:
         self.step = 0
         self.epoch = 0
         self.best: Optional[Dict[str, Any]] = None
+        self.overrides: List[Dict[str, Any]] = []  # --override changes applied on resume: key, old, new, step
         self.pending_record: Optional[Dict[str, Any]] = None  # a period saved before its evaluation ran
         self.history: List[Dict[str, Any]] = []
         self.task.train_begin(_unwrap(self.model))
@@ -213,20 +214,66 @@ class _Trainer:
                      if cfg.optim.lr_scale_batch else '')
         _logger.info('%d updates (%d per epoch), output in %s', self.length.total, per_epoch, self.out)
 
-    def _resume(self) -> None:
-        path = find_resume(self.resume_arg, self.out)
-        if path is None:
+    def _lock_output_dir(self) -> None:
+        """Rank 0 takes the output directory's lock (one live run per directory) and clears the temporary files
+        of a killed run's checkpoint writes; every rank learns whether it could."""
+        error = None
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock = RunLock(self.out).acquire()
+                remove_stale_temporaries(self.out)
+            except ConfigError as e:
+                error = str(e)
+        errors = all_gather_object(error)  # collective: no rank waits for one that failed
+        if errors[0]:
+            raise ConfigError(errors[0])
+
+    def _load_resume(self) -> Optional[Dict[str, Any]]:
+        found = find_resume(self.resume_arg, self.out)
+        if found is None:
             if self.resume_arg == 'auto':
                 _logger.info('resume auto: no checkpoint in %s, starting from scratch', self.out)
+            if self.override:
+                _logger.warning('--override %s: nothing to resume, the run starts with the config as given',
+                                ' '.join(self.override))
+            return None
+        path, state = found
+        saved = state.get('config')
+        if isinstance(saved, dict):
+            changes = check_resume_changes(saved, to_dict(self.cfg), self.override, path)
+            self.applied = [{'key': k, 'old': old, 'new': new, 'step': state['step']} for k, old, new in changes]
+        else:
+            _logger.warning('%s records no config: its settings cannot be compared with this config', path)
+        state['_path'] = str(path)
+        return state
+
+    def _resume(self) -> None:
+        state = self.resume_state
+        self.resume_state = None
+        if state is None:
             if self.dist.is_main and self.metrics.path.exists():
                 self.metrics.path.unlink()  # a fresh run starts a fresh log
             self.scheduler.step_update(0)
             return
-        state = load_training_checkpoint(path)
+        path = state['_path']
         model = _unwrap(self.model)
-        model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scheduler.load_state_dict(state['scheduler'])
+        try:
+            model.load_state_dict(state['model'])
+        except RuntimeError as e:
+            raise CheckpointError(f'--resume: the weights in {path} do not fit the model this config builds '
+                                  f'({str(e).splitlines()[0]})') from None
+        # The optimiser's state (moments, step counts) comes from the checkpoint, its hyper-parameters from this
+        # config, and the lr schedule is rebuilt from this config: the same as the checkpoint's unless --override
+        # changed them, in which case the change applies from this update on.
+        fresh = [{k: v for k, v in g.items() if k != 'params'} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state['optimizer'])
+        except ValueError as e:
+            raise CheckpointError(f'--resume: the optimiser state in {path} does not fit this config\'s parameter '
+                                  f'groups ({e})') from None
+        for group, hyper in zip(self.optimizer.param_groups, fresh):
+            group.update(hyper)
         self.scaler.load_state_dict(state['scaler'])
         if self.ema is not None:
             if 'model_ema' not in state:
@@ -234,6 +281,10 @@ class _Trainer:
             self.ema.module.load_state_dict(state['model_ema'])
         self.step, self.epoch, self.best = state['step'], state['epoch'], state.get('best')
         self.pending_record = state.get('pending_record')
+        self.overrides = list(state.get('overrides') or []) + self.applied
+        for o in self.applied:
+            _logger.warning('--override %s: %r -> %r, applied from update %d on', o['key'], o['old'], o['new'],
+                            o['step'])
         if state.get('iters_per_epoch') != self.length.per_epoch or state.get('global_batch') != self.global_batch:
             _logger.warning('resuming with another data layout (updates per epoch %s -> %d, global batch %s -> %d): '
                             'the run continues but will not reproduce an uninterrupted one',
@@ -248,7 +299,9 @@ class _Trainer:
             seed_everything(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
         self.scheduler.step_update(self.step)
         if self.dist.is_main:
-            truncate_jsonl(self.metrics.path, self.step)
+            # records of later updates go (they are logged again); a period whose evaluation is pending may have
+            # been logged by a run killed while writing its final checkpoint: its record is written again
+            truncate_jsonl(self.metrics.path, self.step - 1 if self.pending_record is not None else self.step)
         _logger.info('resumed from %s at epoch %d, update %d', path, self.epoch, self.step)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -265,6 +318,7 @@ class _Trainer:
             'iters_per_epoch': self.length.per_epoch, 'global_batch': self.global_batch,
             'rng': rng,
             'best': self.best,
+            'overrides': self.overrides,
             'metrics': metrics or {},
             'model_spec': self.task.model_spec(),
             'task': self.cfg.task,
@@ -359,7 +413,7 @@ class _Trainer:
                     lr = self.optimizer.param_groups[0]['lr']
                     loss = float(period_sums['loss']) / max(period_sums['n'], 1)
                     if not math.isfinite(loss):
-                        raise FloatingPointError(f'training loss is {loss} at update {self.step}: the run diverged '
+                        raise TrainingError(f'training loss is {loss} at update {self.step}: the run diverged '
                                                  f'(lower optim.lr, set optim.clip_grad, or check the data)')
                     bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.3g}')
                     self.metrics.scalar('train/loss', loss, self.step)
@@ -505,9 +559,11 @@ class _Trainer:
                            history=self.history, best=self.best, output_dir=self.out, step=self.step, epoch=self.epoch)
 
     def close(self) -> None:
-        if getattr(self, 'log_handler', None) is not None:
+        if self.log_handler is not None:
             logging.getLogger('gpvit').removeHandler(self.log_handler)
             self.log_handler.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _ddp(model: nn.Module) -> DistributedDataParallel:
@@ -525,14 +581,18 @@ def _fmt(record: Dict[str, Any]) -> str:
 
 
 def train(cfg: Config, task: Type[Task], resume: Optional[str] = None, device: Optional[str] = None,
-          hooks: Optional[Dict[str, Callable]] = None) -> TrainResult:
+          hooks: Optional[Dict[str, Callable]] = None, override: Sequence[str] = ()) -> TrainResult:
     """Run a training configuration.
 
     Args:
         cfg: a validated :class:`Config` (see :func:`gpvit.tasks.load_config`).
         task: the :class:`~gpvit.engine.task.Task` subclass that supplies model, data, loss and metrics
             (:func:`gpvit.tasks.train` passes the config's).
-        resume: ``'auto'`` (continue from ``output_dir/last.pth`` if it exists), a checkpoint path, or None.
+        resume: ``'auto'`` (continue from ``output_dir/last.pth`` if it exists, else from the newest readable
+            numbered checkpoint), a checkpoint path, or None. A resume whose config differs from the
+            checkpoint's in a key that changes the result is refused (:mod:`gpvit.engine.resume`) ...
+        override: ... unless the key (or its section) is listed here: the change then applies from the
+            checkpoint's update on, and is recorded.
         device: ``'cuda'`` / ``'cpu'``; default CUDA if available.
         hooks: optional callbacks ``after_step(trainer)`` / ``after_epoch(trainer)`` (tests, custom logging).
 
@@ -544,7 +604,7 @@ def train(cfg: Config, task: Type[Task], resume: Optional[str] = None, device: O
     _check_batch(cfg, int(os.environ.get('WORLD_SIZE', '1')))
     task.preflight(cfg)
     dist = init_distributed(device)
-    trainer = _Trainer(cfg, task, resume, dist, hooks or {})
+    trainer = _Trainer(cfg, task, resume, dist, hooks or {}, override)
     try:
         trainer.setup()
         return trainer.run()

@@ -2,8 +2,8 @@
 
 Layer: above :mod:`gpvit.checkpoint` / :mod:`gpvit.hub`; knows nothing of dense heads, tasks, the engine or tools.
 """
-from .factory import FAMILIES, create_model, identify, list_models, load_checkpoint
+from .factory import FAMILIES, create_model, identify, list_models, load_checkpoint, model_args
 from .gcvit import GCViT
 from .gpvit import GPViT
 
-__all__ = ['FAMILIES', 'GCViT', 'GPViT', 'create_model', 'identify', 'list_models', 'load_checkpoint']
+__all__ = ['FAMILIES', 'GCViT', 'GPViT', 'create_model', 'identify', 'list_models', 'load_checkpoint', 'model_args']

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..checkpoint import Checkpoint, CheckpointError, StateDict, read_checkpoint_file
 from . import gcvit, gpvit
 
-__all__ = ['FAMILIES', 'create_model', 'list_models', 'identify', 'load_checkpoint']
+__all__ = ['FAMILIES', 'create_model', 'list_models', 'identify', 'model_args', 'load_checkpoint']
 
 #: Model class -> the module of its family, which defines ``checkpoint_filter_fn(state_dict, model)``,
 #: ``to_project_layout(state_dict)`` and ``checkpoint_model_args(project_state_dict)``.
@@ -43,6 +43,16 @@ def identify(state_dict: StateDict) -> Tuple[str, Dict[str, Any], StateDict]:
             name, kwargs = family.checkpoint_model_args(converted[0])
             return name, kwargs, converted[0]
     raise CheckpointError(f'not a checkpoint of any supported model family; first keys: {list(state_dict)[:8]}')
+
+
+def model_args(checkpoint: Checkpoint) -> Tuple[str, Dict[str, Any]]:
+    """``(model_name, kwargs)`` of the classifier a checkpoint holds: the model a training checkpoint of this
+    project records (its ``model_spec``), else the registered variant its weights fit (:func:`identify`)."""
+    spec = checkpoint.model_spec
+    if spec is not None and spec['name'] in list_models():
+        return spec['name'], dict(spec['kwargs'])
+    name, kwargs, _ = identify(checkpoint.state_dict)
+    return name, kwargs
 
 
 def _family(model: nn.Module) -> ModuleType:
@@ -85,14 +95,21 @@ def create_model(
         weights_only: refuse pickled objects other than tensors and plain containers.
         **kwargs: passed to ``timm.create_model`` (``pretrained``, ``num_classes``, ``features_only``,
             ``out_indices``, ``drop_path_rate``, ...). Without ``num_classes`` the model takes the checkpoint's
-            classifier, or has none (``num_classes=0``) if the checkpoint is a backbone only.
+            classifier, or has none (``num_classes=0``) if the checkpoint is a backbone only. A training
+            checkpoint of this project of the same model supplies the settings it was trained with
+            (``img_size``, ...) as defaults.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or does not fit the model.
     """
     if checkpoint is None:
         return timm.create_model(model_name, **kwargs)
-    state_dict = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only).state_dict
+    ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only)
+    state_dict = ckpt.state_dict
+    spec = ckpt.model_spec
+    if spec is not None and spec['name'] == model_name:
+        # a training checkpoint of this project: the model is built as it was trained (img_size, widths, ...)
+        kwargs = {**dict(spec['kwargs']), **kwargs}
     try:
         _, ckpt_args, _ = identify(state_dict)
     except CheckpointError:

@@ -42,10 +42,11 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     return _config.build_config(raw, _task_of(raw))
 
 
-def train(cfg: _config.Config, resume: Optional[str] = None, device: Optional[str] = None, hooks=None):
+def train(cfg: _config.Config, resume: Optional[str] = None, device: Optional[str] = None, hooks=None,
+          override: Sequence[str] = ()):
     """:func:`gpvit.engine.train` with the config's task."""
     from ..engine.trainer import train as _train
-    return _train(cfg, get_task(cfg.task), resume=resume, device=device, hooks=hooks)
+    return _train(cfg, get_task(cfg.task), resume=resume, device=device, hooks=hooks, override=override)
 
 
 def load_model(cfg: _config.Config, checkpoint: Union[str, os.PathLike, Checkpoint], use_ema: bool = False,

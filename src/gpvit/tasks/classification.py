@@ -21,7 +21,6 @@ from ..engine.config import checked
 from ..engine.distributed import all_reduce_sum
 from ..engine.task import StepOutput
 from ..errors import ConfigError
-from ..factory import create_model
 from .base import ModelTask
 from .registry import register_task
 
@@ -195,8 +194,9 @@ class ClassificationTask(ModelTask):
         spec = self.model_spec()
         m = self.cfg.model
         if m.pretrained:
-            return create_model(spec['name'], checkpoint=m.pretrained, use_ema=m.pretrained_use_ema, **spec['kwargs'])
-        return create_model(spec['name'], **spec['kwargs'])
+            return self.create_model(spec['name'], checkpoint=m.pretrained, use_ema=m.pretrained_use_ema,
+                                     **spec['kwargs'])
+        return self.create_model(spec['name'], **spec['kwargs'])
 
     # -- training ----------------------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from ..engine.config import checked
 from ..engine.distributed import all_gather_object, all_reduce_sum
 from ..engine.task import StepOutput
 from ..errors import ConfigError
-from ..factory import create_model
 from .base import ModelTask
 from .registry import register_task
 
@@ -60,8 +59,15 @@ class DetectionDataConfig:
     hflip: float = checked(0.5, lambda v: 0 <= v <= 1, 'in [0, 1]')
 
     def validate(self, cfg) -> None:
-        if self.min_size > self.max_size:
-            raise ConfigError(f'data.min_size: {self.min_size} exceeds data.max_size {self.max_size}')
+        # torchvision's keep-ratio resize needs the long-side cap strictly above the short side it resizes to
+        if self.min_size >= self.max_size:
+            raise ConfigError(f'data.min_size: {self.min_size} must be smaller than data.max_size ({self.max_size}), '
+                              f'the long-side cap of the resize')
+        if self.recipe == '3x':
+            for key in ('short_sizes', 'crop_first'):
+                if max(getattr(self, key)) >= self.max_size:
+                    raise ConfigError(f'data.{key}: {max(getattr(self, key))} must be smaller than data.max_size '
+                                      f'({self.max_size}), the long-side cap of the resize')
         lo, hi = self.crop_range
         if not 0 < lo <= hi:
             raise ConfigError(f'data.crop_range: expected 0 < min <= max, got {[lo, hi]}')
@@ -157,8 +163,8 @@ class DetectionTask(ModelTask):
                 and spec['kwargs']['num_classes'] != len(self.cat_ids) + 1:
             raise ConfigError(f'model.kwargs.num_classes: {spec["kwargs"]["num_classes"]}, but the data has '
                               f'{len(self.cat_ids)} categories (+1 background = {len(self.cat_ids) + 1})')
-        return create_model(spec['name'], backbone_checkpoint=m.pretrained, backbone_use_ema=m.pretrained_use_ema,
-                            **spec['kwargs'])
+        return self.create_model(spec['name'], backbone_checkpoint=m.pretrained,
+                                 backbone_use_ema=m.pretrained_use_ema, **spec['kwargs'])
 
     # -- training ----------------------------------------------------------------------------------------------
 

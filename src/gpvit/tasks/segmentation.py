@@ -22,7 +22,6 @@ from ..engine.config import checked
 from ..engine.distributed import all_reduce_sum
 from ..engine.task import StepOutput
 from ..errors import ConfigError
-from ..factory import create_model
 from .base import ModelTask
 from .registry import register_task
 
@@ -177,8 +176,8 @@ class SegmentationTask(ModelTask):
 
     def build_model(self) -> nn.Module:
         spec, m = self.model_spec(), self.cfg.model
-        model = create_model(spec['name'], backbone_checkpoint=m.pretrained, backbone_use_ema=m.pretrained_use_ema,
-                             **spec['kwargs'])
+        model = self.create_model(spec['name'], backbone_checkpoint=m.pretrained,
+                                  backbone_use_ema=m.pretrained_use_ema, **spec['kwargs'])
         if not isinstance(model, Segmentor):
             raise ConfigError(f'model.name: {spec["name"]} is not a segmentor (use upernet or segformer with '
                               f'model.kwargs.backbone)')

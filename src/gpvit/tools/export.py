@@ -30,7 +30,8 @@ import torch.nn as nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['FORMATS', 'ExportError', 'ExportReport', 'export_model', 'size_multiple', 'default_suffix']
+__all__ = ['FORMATS', 'ExportError', 'ExportReport', 'export_model', 'size_multiple', 'native_input_size',
+           'default_suffix']
 
 FORMATS = ('onnx', 'torchscript', 'exported-program')
 _SUFFIX = {'onnx': '.onnx', 'torchscript': '.pt', 'exported-program': '.pt2'}
@@ -109,6 +110,22 @@ def _exportable(model: nn.Module) -> Iterator[None]:
     finally:
         for p, g in grads:
             p.requires_grad_(g)
+
+
+def native_input_size(model: nn.Module) -> Tuple[int, int]:
+    """``(H, W)`` the model was built for: a GPViT's position-embedding grid times its stride, a GC ViT's
+    ``img_size``, else its pretrained config's ``input_size`` (a model trained at 32 px says 32, not its
+    registered default)."""
+    grid, stride = getattr(model, 'grid_size', None), getattr(model, 'patch_size', None)
+    if grid is not None and isinstance(stride, int):
+        return tuple(int(g) * stride for g in grid)
+    img = getattr(model, 'img_size', None)
+    if isinstance(img, int):
+        return img, img
+    if isinstance(img, (tuple, list)) and len(img) == 2:
+        return tuple(int(v) for v in img)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return tuple(cfg.get('input_size', (3, 224, 224))[1:])
 
 
 def _dynamic_spec(model: nn.Module, input_size: Tuple[int, int], allow_dynamic_size: bool):
@@ -195,7 +212,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f'cannot export {name} to {fmt!r}: unsupported format; choose from {", ".join(FORMATS)}')
     if input_size is None:
-        input_size = tuple(cfg.get('input_size', (3, 224, 224))[1:])
+        input_size = native_input_size(model)
     input_size = tuple(int(s) for s in input_size)
     path = Path(path)
     if fmt == 'exported-program' and path.suffix != '.pt2':

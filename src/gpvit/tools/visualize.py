@@ -16,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.folder import to_rgb
+from .export import native_input_size
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ['GroupingMap', 'Visualization', 'grouping_maps', 'load_image', 'group_colors', 'overlay',
@@ -117,7 +120,8 @@ def load_image(path: Union[str, Path], size: int, multiple: int = 16, grayscale:
         raise ValueError(f'image size must be at least {2 * multiple}, got {size}')
     try:
         with Image.open(path) as im:
-            im = im.convert('L' if grayscale else 'RGB')
+            im = to_rgb(im)  # 16-bit images scaled, not clipped
+            im = im.convert('L') if grayscale else im
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f'{path}: not a readable image ({e})') from e
     w, h = im.size
@@ -177,9 +181,9 @@ def _panel_height(image_hw: Tuple[int, int], panel_px: int) -> int:
 
 
 def _model_from_args(checkpoint, model_name: Optional[str], use_ema: bool, weights_only: bool):
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import CheckpointError, read_checkpoint_file
     from ..factory import create_model, list_models
-    from ..models import identify
+    from ..models import model_args
     if checkpoint is None:
         if model_name is None:
             raise ValueError('give a checkpoint, a model name, or both')
@@ -187,17 +191,17 @@ def _model_from_args(checkpoint, model_name: Optional[str], use_ema: bool, weigh
             raise ValueError(f'unknown model {model_name!r}; registered models: {", ".join(list_models())}')
         _logger.warning('no checkpoint: %s with freshly initialised weights', model_name)
         return create_model(model_name), model_name
-    state_dict = read_checkpoint(checkpoint, use_ema=use_ema, weights_only=weights_only)
+    ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only)
     kwargs = {}
     if model_name is None:
         try:
-            model_name, kwargs, _ = identify(state_dict)
+            model_name, kwargs = model_args(ckpt)
         except CheckpointError as e:
             raise CheckpointError(f'{checkpoint}: cannot tell which model this checkpoint is for ({e}); name it '
                                   f'with --model') from e
     elif model_name not in list_models():
         raise ValueError(f'unknown model {model_name!r}; registered models: {", ".join(list_models())}')
-    return create_model(model_name, checkpoint=state_dict, **kwargs), model_name
+    return create_model(model_name, checkpoint=ckpt, **kwargs), model_name
 
 
 def visualize(
@@ -247,7 +251,7 @@ def visualize(
     if not _gp_blocks(net):
         raise ValueError(f'{name} has no GP blocks (grouping attention); visualize works for GPViT models')
     cfg = resolve_data_config(model=net)
-    size = size or min(cfg['input_size'][1:])
+    size = size or min(native_input_size(net))
     in_chans = cfg['input_size'][0]
     image = load_image(image_path, size, grayscale=in_chans == 1)
     x = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.)
