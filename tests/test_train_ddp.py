@@ -1,26 +1,17 @@
 """Two-process DistributedDataParallel training on CPU (gloo): it learns, and both ranks end identical."""
 import json
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from distkit import run_ranks
 
 from gpvit.tasks import train
 
 from trainkit import make_image_folder, state_equal, tiny_raw
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _worker(rank: int, raw: dict, out: str) -> None:
     from gpvit.tasks import build_config
     result = train(build_config(raw), device='cpu')
     sd = {'model': result.model.state_dict(), 'ema': result.ema.state_dict()}
@@ -34,7 +25,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     raw = tiny_raw(folder['root'], out, train={'epochs': 5, 'threads': 1, 'accum_steps': 2},
                    ema={'enabled': True, 'decay': 0.9},
                    data={'train_aug': {'auto_augment': 'rand-m9-mstd0.5-inc1'}}, loader={'batch_size': 4})
-    mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, (raw, str(tmp_path)), timeout=500)
 
     r0 = torch.load(tmp_path / 'rank0.pt', weights_only=True)
     r1 = torch.load(tmp_path / 'rank1.pt', weights_only=True)

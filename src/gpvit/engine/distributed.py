@@ -2,7 +2,13 @@
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them
 the run is a single process. The backend is NCCL with CUDA and gloo on CPU.
+
+The process group is made once per process, on the first run that needs it, kept for later runs in the same
+process (a training then an evaluation, or several evaluations) and destroyed when the process exits. Destroying
+and re-creating it between runs would race: rank 0 hosts the rendezvous store on ``MASTER_PORT``, and a rank that
+finishes first could join rank 0's old store, read the previous rendezvous and wait forever.
 """
+import atexit
 import datetime
 import logging
 import os
@@ -24,7 +30,6 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device('cpu')
-    initialized_here: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -34,10 +39,11 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def close(self) -> None:
-        if self.initialized_here and dist.is_initialized():
-            dist.destroy_process_group()
-            self.initialized_here = False
+
+
+def _destroy_at_exit() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def init_distributed(device: Optional[str] = None, timeout_min: float = 30.) -> DistContext:
@@ -69,7 +75,7 @@ def init_distributed(device: Optional[str] = None, timeout_min: float = 30.) -> 
         except TypeError:  # torch without device_id
             kwargs.pop('device_id', None)
             dist.init_process_group(**kwargs)
-        ctx.initialized_here = True
+        atexit.register(_destroy_at_exit)
     elif dist.is_initialized():
         ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
     return ctx

@@ -23,18 +23,15 @@ def evaluate(cfg: Config, task: Type[Task], model: nn.Module, device: Optional[s
     evaluates a shard and the metrics are reduced. :func:`gpvit.tasks.evaluate_checkpoint` builds the model
     from a checkpoint first."""
     dist = init_distributed(device)
-    try:
-        runner = task(cfg, dist)
-        test_crop = crop_pct or getattr(cfg.data, 'test_crop_pct', None)
-        kwargs = {'crop_pct': test_crop} if test_crop else {}
-        datasets = runner.build_datasets(splits=('val',), **kwargs)
-        model.to(dist.device).eval()
-        if cfg.model.channels_last:
-            model.to(memory_format=torch.channels_last)
-        ld = cfg.loader
-        loader = build_eval_loader(datasets['val'], ld.eval_batch_size or ld.batch_size, dist.world_size,
-                                   dist.rank, ld.workers, ld.pin_memory, runner.collate_fn('val'))
-        with torch.no_grad(), autocast_context(cfg.train.amp, dist.device, cfg.train.amp_on_cpu):
-            return runner.evaluate(model, loader)
-    finally:
-        dist.close()
+    runner = task(cfg, dist)
+    test_crop = crop_pct or getattr(cfg.data, 'test_crop_pct', None)
+    kwargs = {'crop_pct': test_crop} if test_crop else {}
+    datasets = runner.build_datasets(splits=('val',), **kwargs)
+    model.to(dist.device).eval()
+    if cfg.model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ld = cfg.loader
+    loader = build_eval_loader(datasets['val'], ld.eval_batch_size or ld.batch_size, dist.world_size,
+                               dist.rank, ld.workers, ld.pin_memory, runner.collate_fn('val'))
+    with torch.no_grad(), autocast_context(cfg.train.amp, dist.device, cfg.train.amp_on_cpu):
+        return runner.evaluate(model, loader)

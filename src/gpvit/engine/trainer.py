@@ -610,4 +610,3 @@ def train(cfg: Config, task: Type[Task], resume: Optional[str] = None, device: O
         return trainer.run()
     finally:
         trainer.close()
-        dist.close()
