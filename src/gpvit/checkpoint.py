@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 _logger = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def reconcile(
         looks_like: Optional[str],
         optional: Callable[[str], bool] = lambda k: False,
         unused: Callable[[str], bool] = lambda k: False,
+        input_conv: Optional[str] = None,
 ) -> StateDict:
     """Check a converted state dict against ``model`` and complete it.
 
@@ -197,9 +199,12 @@ def reconcile(
             backbone-only or other-task checkpoints); the model keeps its own values, with a warning.
         unused: keys of the checkpoint this model has no place for by construction (a pruned or head-less
             model); they are dropped.
+        input_conv: the weight key of the model's first conv. A 3-channel weight there, for a model built with
+            other ``in_chans``, is passed through as it is: timm's ``load_pretrained`` adapts it to the model
+            after the filter (``adapt_input_conv``), and so does :func:`load_checkpoint`.
 
     Returns:
-        A state dict with exactly the model's keys.
+        A state dict with exactly the model's keys (and shapes, but for such an input conv).
 
     Raises:
         CheckpointError: any other missing, unexpected or mis-shaped key.
@@ -208,6 +213,8 @@ def reconcile(
     missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state_dict if k not in own and not unused(k)]
     mismatched = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if input_conv in mismatched and _rgb_conv_for(state_dict[input_conv], own[input_conv]):
+        mismatched.remove(input_conv)
     fatal_missing = [k for k in missing if not optional(k)]
     fatal_shape = [k for k in mismatched if not optional(k)]
     if fatal_missing or unexpected or fatal_shape:
@@ -228,6 +235,12 @@ def reconcile(
         _logger.warning('checkpoint has no usable weights for %d key(s) of %s, left as initialised: %s',
                         len(kept), _model_name(model), kept[:_MAX_LISTED])
     return {k: (state_dict[k] if k in state_dict and k not in mismatched else v) for k, v in own.items()}
+
+
+def _rgb_conv_for(weight: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``weight`` is a 3-input-channel conv weight that differs from ``target`` in its input channels only."""
+    return (weight.ndim == target.ndim == 4 and weight.shape[1] == 3 and weight.shape[0] == target.shape[0]
+            and weight.shape[2:] == target.shape[2:])
 
 
 def _filter_for(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict]:
@@ -269,6 +282,10 @@ def load_checkpoint(
     target = getattr(model, 'model', model) if not hasattr(model, 'forward_features') else model
     state_dict = read_checkpoint(src, use_ema=use_ema, weights_only=weights_only)
     state_dict = _filter_for(target)(state_dict, target)
+    own = target.state_dict()
+    for key, value in state_dict.items():
+        if value.shape != own[key].shape:  # the 3-channel input conv the filter passed through (in_chans != 3)
+            state_dict[key] = adapt_input_conv(own[key].shape[1], value)
     target.load_state_dict(state_dict, strict=True)
     return model
 

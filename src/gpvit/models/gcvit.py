@@ -685,7 +685,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
     # reference detection backbone has no final norm), as are the head and the out norms of dense models.
     optional = ('head.', 'out_norms.') + (('norm.',) if str(len(model.stages) - 1) in model.out_norms else ())
     return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional),
-                     unused=model._no_place_for)
+                     unused=model._no_place_for, input_conv='stem.conv1.weight')
 
 
 register_checkpoint_family(GCViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)

@@ -769,7 +769,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     # of a detector checkpoint, whose ViT-Adapter backbone runs without it (final_norm=False).
     optional = ('head.', 'attn_pool.', 'out_norms.') + (('norm.',) if dense else ())
     return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
-                     unused=model._no_place_for)
+                     unused=model._no_place_for, input_conv='patch_embed.stem.conv.weight')
 
 
 register_checkpoint_family(GPViT, checkpoint_filter_fn, to_project_layout, checkpoint_model_args)
