@@ -90,7 +90,7 @@ def use_plain_ops() -> None:
     GEMMs) and attention as explicit ``softmax(q k^T) v`` matmuls. A stand-in for timing the reference's
     computation, which cannot run here (mmcv-full 1.4.8, torch 1.7); it still skips the reference's layout copies
     (window partitions made contiguous, separate LePE and attention outputs), so it flatters the reference."""
-    from gpvit.models import gcvit, gpvit, layers
+    from gpvit.models import fused, gcvit, gpvit, layers
 
     def explicit_attention(q, k, v, num_heads, scale=None, attn_mask=None, dropout_p=0.):
         qh = layers.split_heads(q, num_heads).expand(k.shape[0], -1, -1, -1)
@@ -101,7 +101,7 @@ def use_plain_ops() -> None:
             logits = logits.masked_fill(~attn_mask, float('-inf')) if is_bool else logits + attn_mask
         return layers.merge_heads(logits.softmax(dim=-1) @ vh)
 
-    layers._OneDNN.available = False
+    fused.set_auto_fuse(False)  # the models keep their plain blocks in eval mode
     gpvit.attention = gcvit.attention = explicit_attention
 
 

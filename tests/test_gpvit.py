@@ -245,7 +245,7 @@ def _ran_op(fn, name: str) -> bool:
 
 def test_fused_linear_paths_are_exact():
     """CPU float32 inference runs bias + GELU / bias + residual in the GEMM's epilogue; same numbers."""
-    from gpvit.models.layers import Mlp, fused_linear
+    from gpvit.models.fused import FusedMlp, fused_linear
     fc = torch.nn.Linear(48, 192)
     x, res = torch.randn(2, 5, 7, 48), torch.randn(2, 5, 7, 192)
     with torch.no_grad():
@@ -257,7 +257,7 @@ def test_fused_linear_paths_are_exact():
             assert _ran_op(lambda: fused_linear(x, fc, residual=res), 'mkldnn::_linear_pointwise')
     with pytest.raises(ValueError, match='cannot be combined'):
         fused_linear(x, fc, gelu=True, residual=res)
-    mlp = Mlp(48, 192).eval()
+    mlp = FusedMlp(48, 192).eval()
     with torch.no_grad():
         reference = timm.layers.Mlp.forward(mlp, x)
         assert torch.allclose(mlp(x), reference, atol=1e-5)
@@ -278,3 +278,41 @@ def test_inference_fast_paths_match_autograd_paths():
     with torch.no_grad():
         fast = model(x)
     assert torch.allclose(model(x), fast, atol=1e-5)
+
+
+def test_fused_variants_are_selected_for_cpu_float32_eval():
+    """eval() on CPU float32 swaps the fused variants in, train() / other dtypes the plain blocks back; the state
+    dict, hooks and outputs stay; FLOP counting and autograd in eval mode run the plain ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gpvit.models import fused
+    model = gpvit.create_model('gpvit_mini', num_classes=5)
+    plain_types = [type(m) for m in model.modules()]
+    assert fused.FusedLePEBlock not in plain_types and LePEBlock in plain_types
+    keys = list(model.state_dict())
+    calls = []
+    model.blocks[0].mlp.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        plain = model.eval().blocks[0].__class__.__name__, fused.use_fused(model, False)(x)
+    assert plain[0] == 'FusedLePEBlock'
+    model.eval()
+    assert {type(b).__name__ for b in model.blocks} == {'FusedLePEBlock', 'FusedGPBlock'}
+    assert type(model.blocks[1].mixer.mlp_tokens) is fused.FusedMlp and list(model.state_dict()) == keys
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(out, plain[1], atol=1e-5)
+        if torch.backends.mkldnn.is_available():
+            assert _ran_op(lambda: model(x), 'mkldnn::_linear_pointwise')
+        with FlopCounterMode(display=False):
+            assert not _ran_op(lambda: model(x), 'mkldnn::_linear_pointwise')
+    assert not _ran_op(lambda: model(x), 'mkldnn::_linear_pointwise')  # autograd on: the plain ops
+    assert len(calls) == 5  # the hook stayed on the swapped module
+    assert type(model.train().blocks[0]) is LePEBlock
+    assert type(model.eval().double().blocks[0]) is LePEBlock
+    assert type(model.float().blocks[0]) is fused.FusedLePEBlock
+    fused.set_auto_fuse(False)  # models keep the blocks they have
+    try:
+        assert type(fused.use_fused(model, False).train().eval().blocks[0]) is LePEBlock
+    finally:
+        fused.set_auto_fuse(True)

@@ -213,6 +213,7 @@ def reconcile(
         looks_like: Optional[str],
         optional: Callable[[str], bool] = lambda k: False,
         unused: Callable[[str], bool] = lambda k: False,
+        input_conv: Optional[str] = None,
 ) -> StateDict:
     """Check a converted state dict against ``model`` and complete it.
 
@@ -224,9 +225,12 @@ def reconcile(
             backbone-only or other-task checkpoints); the model keeps its own values, with a warning.
         unused: keys of the checkpoint this model has no place for by construction (a pruned or head-less
             model); they are dropped.
+        input_conv: the weight key of the model's first conv. A 3-channel weight there, for a model built with
+            other ``in_chans``, is passed through as it is: timm's ``load_pretrained`` adapts it to the model
+            after the filter (``adapt_input_conv``), and so does :func:`gpvit.models.load_checkpoint`.
 
     Returns:
-        A state dict with exactly the model's keys.
+        A state dict with exactly the model's keys (and shapes, but for such an input conv).
 
     Raises:
         CheckpointError: any other missing, unexpected or mis-shaped key.
@@ -235,6 +239,8 @@ def reconcile(
     missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state_dict if k not in own and not unused(k)]
     mismatched = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if input_conv in mismatched and _rgb_conv_for(state_dict[input_conv], own[input_conv]):
+        mismatched.remove(input_conv)
     fatal_missing = [k for k in missing if not optional(k)]
     fatal_shape = [k for k in mismatched if not optional(k)]
     if fatal_missing or unexpected or fatal_shape:
@@ -255,6 +261,12 @@ def reconcile(
         _logger.warning('checkpoint has no usable weights for %d key(s) of %s, left as initialised: %s',
                         len(kept), _model_name(model), kept[:_MAX_LISTED])
     return {k: (state_dict[k] if k in state_dict and k not in mismatched else v) for k, v in own.items()}
+
+
+def _rgb_conv_for(weight: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``weight`` is a 3-input-channel conv weight that differs from ``target`` in its input channels only."""
+    return (weight.ndim == target.ndim == 4 and weight.shape[1] == 3 and weight.shape[0] == target.shape[0]
+            and weight.shape[2:] == target.shape[2:])
 
 
 def atomic_save(obj: Any, path: Union[str, os.PathLike], save_fn: Callable[[Any, str], None] = None) -> None:

@@ -5,5 +5,6 @@ Layer: above :mod:`gpvit.checkpoint` / :mod:`gpvit.hub`; knows nothing of dense 
 from .factory import FAMILIES, create_model, identify, list_models, load_checkpoint, model_args
 from .gcvit import GCViT
 from .gpvit import GPViT
+from . import fused  # noqa: F401  (the CPU inference variants of the blocks)
 
 __all__ = ['FAMILIES', 'GCViT', 'GPViT', 'create_model', 'identify', 'list_models', 'load_checkpoint', 'model_args']

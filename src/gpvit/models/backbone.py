@@ -11,14 +11,21 @@ tasks), the pooling, dropout (``head_drop``) and a Linear classifier (``head``).
 and ``set_grad_checkpointing``. A model supplies what differs:
 
 * ``level_attr``: the name of its ``nn.Sequential`` of levels (``'blocks'`` or ``'stages'``, the state-dict prefix);
+* ``family``: its name in error messages (``'GPViT'``);
 * ``global_pools``: the pooling modes it accepts, and :meth:`Backbone._pool` /
   :meth:`Backbone._set_global_pool` if it has one besides ``'avg'`` and ``''``;
 * :meth:`Backbone._embed`: its stem, from the checked image batch to the first level's input;
-* :meth:`Backbone._run_level` if it runs a level other than as ``level(x)`` (gradient checkpointing);
+* :meth:`Backbone._forward_levels`: all levels in order (gradient checkpointing included), as
+  ``forward_features`` runs them;
+* :meth:`Backbone._run_level` if it runs a single level other than as ``level(x)`` (gradient checkpointing);
 * ``final_norm_on_all_levels``: where the final norm applies (see there).
 
-and sets in its ``__init__`` the attributes listed on the class: ``in_chans``, ``num_classes``, ``global_pool``,
-``num_features``, ``head_hidden_size``, ``feature_info``, ``norm``, ``out_norms``, ``head_drop``, ``head``.
+and sets in its ``__init__``: ``in_chans``, ``num_classes``, ``global_pool``, ``num_features``,
+``head_hidden_size``, ``feature_info`` (list of dicts), ``norm``, ``out_norms`` (``nn.ModuleDict``), ``head_drop``
+and ``head``. (They are not declared as class annotations: TorchScript would read those as attribute types.)
+
+In eval mode on CPU float32 the model swaps in the fused inference variants of its blocks
+(:mod:`gpvit.models.fused`); see :meth:`Backbone.train`.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -31,9 +38,32 @@ from timm.models._features import feature_take_indices
 from ..hub import WeightsUnavailable, load_weights
 from .layers import check_image_input
 
-__all__ = ['Backbone', 'MIN_INPUT_SIZE', 'build_backbone', 'init_linear_and_layernorm']
+__all__ = ['Backbone', 'MIN_INPUT_SIZE', 'UnsupportedPoolError', 'add_block_selector', 'build_backbone',
+           'device_dtype', 'init_linear_and_layernorm']
 
 MIN_INPUT_SIZE = 32
+
+#: Called with the model after ``train()`` / ``eval()`` and after ``.to()``: they may swap blocks for variants with
+#: the same parameters (:mod:`gpvit.models.fused` adds its selection on import; this module knows nothing of it).
+_BLOCK_SELECTORS: List[Callable[[nn.Module], None]] = []
+
+
+def add_block_selector(select: Callable[[nn.Module], None]) -> None:
+    """Run ``select(model)`` whenever a model's mode, device or dtype changes (see :data:`_BLOCK_SELECTORS`)."""
+    if select not in _BLOCK_SELECTORS:
+        _BLOCK_SELECTORS.append(select)
+
+
+class UnsupportedPoolError(ValueError, AssertionError):
+    """A ``global_pool`` the model does not have. A ``ValueError``, as the project raises for bad arguments, and
+    an ``AssertionError``, which is how timm's models reject a pooling they lack (timm's callers catch that)."""
+
+
+def device_dtype(module: nn.Module) -> Dict:
+    """``{'device': ..., 'dtype': ...}`` of the module's first parameter (both None without parameters): the
+    factory kwargs for a part built later (a new head), so that it lands where the model is."""
+    p = next(module.parameters(), None)
+    return {'device': None if p is None else p.device, 'dtype': None if p is None else p.dtype}
 
 
 @torch.no_grad()
@@ -100,31 +130,29 @@ class Backbone(nn.Module):
     """Stem, levels, final norm, pooling and classifier, with timm's backbone API (see the module docstring)."""
 
     #: Name of the model's ``nn.Sequential`` of levels.
-    level_attr: str
+    level_attr = ''
+    __constants__ = ['family', 'min_input_size']  # TorchScript constants, for the input check
+    #: The model's name in error messages.
+    family = 'Backbone'
+    #: The smallest image side the model accepts.
+    min_input_size = MIN_INPUT_SIZE
     #: The accepted values of ``global_pool``: ``'avg'`` (mean over the map) and ``''`` (no pooling) at least.
-    global_pools: Tuple[str, ...] = ('avg', '')
+    global_pools = ('avg', '')
     #: True where every level's output has the final norm's width (GPViT): in ``forward_intermediates(norm=True)``
     #: a level without an out norm of its own goes through the final norm, and pruning keeps the final norm and
     #: the head unless asked. False where the widths differ (GC ViT): only the last level falls back to the final
     #: norm, others are returned as they are; pruning drops the final norm when the last level goes or has an out
     #: norm of its own, and the head (which no longer fits) when the last level goes.
-    final_norm_on_all_levels: bool = False
-
-    in_chans: int
-    num_classes: int
-    global_pool: str
-    num_features: int
-    head_hidden_size: int
-    feature_info: List[Dict]
-    norm: nn.Module
-    out_norms: nn.ModuleDict
-    head_drop: nn.Module
-    head: nn.Module
+    final_norm_on_all_levels = False
 
     # -- what a model supplies ------------------------------------------------------------------------------
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The stem: ``(B, in_chans, H, W)`` images, already checked -> the first level's input ``(B, h, w, C)``."""
+        raise NotImplementedError
+
+    def _forward_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """All levels: the first level's input ``(B, h, w, C)`` -> the last level's output ``(B, h', w', C')``."""
         raise NotImplementedError
 
     def _run_level(self, level: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -139,23 +167,39 @@ class Backbone(nn.Module):
         """Switch to the (already checked) pooling mode ``global_pool``."""
         self.global_pool = global_pool
 
+    def _init_reference(self) -> None:
+        """The model's reference initialisation of freshly constructed modules (see :meth:`init_weights`)."""
+        raise NotImplementedError
+
     # -- construction helpers -------------------------------------------------------------------------------
 
     def _check_global_pool(self, global_pool: str) -> None:
         if global_pool not in self.global_pools:
             *others, last = (repr(p) for p in self.global_pools)
-            raise ValueError(f"global_pool must be {', '.join(others)} or {last}, got {global_pool!r}")
+            raise UnsupportedPoolError(f"global_pool must be {', '.join(others)} or {last}, got {global_pool!r}")
 
     def _apply_weight_init(self, weight_init: str) -> None:
-        """``'reference'``: :meth:`init_weights`; ``'skip'``: leave PyTorch's initialisation."""
-        if weight_init == 'reference':
-            self.init_weights()
-        elif weight_init != 'skip':
+        """``'reference'``: the reference initialisation; ``'skip'``: leave PyTorch's. Nothing to initialise on the
+        meta device (``init_weights()`` after ``to_empty``)."""
+        if weight_init not in ('reference', 'skip'):
             raise ValueError(f"weight_init must be 'reference' or 'skip', got {weight_init!r}")
+        if weight_init == 'reference' and not any(p.is_meta for p in self.parameters()):
+            self.init_weights(needs_reset=False)
 
-    def init_weights(self) -> None:
-        """The model's reference initialisation."""
-        raise NotImplementedError
+    @torch.no_grad()
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """Initialise every parameter and buffer: the model's reference initialisation.
+
+        With ``needs_reset`` (the default) every submodule that has a ``reset_parameters`` first runs it
+        (convolutions, norms and their running statistics, layer scales, relative-position tables and their
+        index buffers, group tokens), so that a model built on the meta device and materialised with
+        ``to_empty`` is fully initialised; the constructor passes False, as its modules were just initialised.
+        """
+        if needs_reset:
+            for m in self.modules():
+                if m is not self and hasattr(m, 'reset_parameters'):
+                    m.reset_parameters()
+        self._init_reference()
 
     def _levels(self) -> nn.Sequential:
         return getattr(self, self.level_attr)
@@ -175,6 +219,25 @@ class Backbone(nn.Module):
             return self.num_classes == 0
         return False
 
+    # -- inference path -------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> 'Backbone':
+        """As ``nn.Module.train``; then the block selection hooks run (:func:`add_block_selector`:
+        :mod:`gpvit.models.fused` swaps its CPU inference variants in for eval mode and out for training). Same
+        parameters, buffers and state-dict keys either way."""
+        super().train(mode)
+        for select in _BLOCK_SELECTORS:
+            select(self)
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        """As ``nn.Module._apply`` (``to``, ``float``, ``to_empty``, ...), then the block selection hooks run again
+        for the new device and dtype."""
+        out = super()._apply(fn, *args, **kwargs)
+        for select in _BLOCK_SELECTORS:
+            select(self)
+        return out
+
     # -- timm API -------------------------------------------------------------------------------------------
 
     @torch.jit.ignore
@@ -188,17 +251,22 @@ class Backbone(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier by a Linear with ``num_classes`` outputs (none for 0); ``global_pool``, if
-        given, one of the model's ``global_pools`` (``''``: no pooling, forward returns the map)."""
+        given, one of the model's ``global_pools`` (``''``: no pooling, forward returns the map). New parts are
+        built on the model's device and dtype and in its train / eval mode."""
         if global_pool is not None:
             self._check_global_pool(global_pool)
             self._set_global_pool(global_pool)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        # An nn.Linear named head, not timm's ClassifierHead: the checkpoint layout is 'head.weight', and the
+        # pooling ('group' in GPViT) is the model's own.
+        self.head = nn.Linear(self.num_features, num_classes, **device_dtype(self)) if num_classes > 0 \
+            else nn.Identity()
+        self.head.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Check the image batch (a ``ValueError`` saying what was expected) and run the stem:
         ``(B, in_chans, H, W)`` -> ``(B, h, w, C)``."""
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+        check_image_input(x, self.in_chans, self.min_input_size, self.family)
         return self._embed(x)
 
     def _out_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -213,9 +281,7 @@ class Backbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, num_features, h, w)``: the last level's map after the final norm
         (GPViT: ``h = ceil(H/8)``; GC ViT: ``H/32``, rounded up at each stride)."""
-        x = self._stem(x)
-        for level in self._levels():
-            x = self._run_level(level, x)
+        x = self._forward_levels(self._stem(x))
         return self.norm(x).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import timm
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 from ..checkpoint import Checkpoint, CheckpointError, StateDict, read_checkpoint_file
 from . import gcvit, gpvit
@@ -69,10 +70,16 @@ def load_checkpoint(
         weights_only: bool = True,
 ) -> nn.Module:
     """Load any supported checkpoint into ``model`` (a model of this project, or timm's feature wrapper around
-    one); the format is detected from the keys, nothing is half-loaded."""
+    one); the format is detected from the keys, nothing is half-loaded. A 3-channel stem is adapted to a model
+    of other ``in_chans`` as timm's ``load_pretrained`` does (``adapt_input_conv``)."""
     target = getattr(model, 'model', model) if not hasattr(model, 'forward_features') else model
     state_dict = read_checkpoint_file(src, use_ema=use_ema, weights_only=weights_only).state_dict
-    target.load_state_dict(_family(target).checkpoint_filter_fn(state_dict, target), strict=True)
+    state_dict = _family(target).checkpoint_filter_fn(state_dict, target)
+    own = target.state_dict()
+    for key, value in state_dict.items():
+        if value.shape != own[key].shape:  # the 3-channel input conv the filter passed through (in_chans != 3)
+            state_dict[key] = adapt_input_conv(own[key].shape[1], value)
+    target.load_state_dict(state_dict, strict=True)
     return model
 
 

@@ -33,19 +33,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, RelPosBias
-from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
+from timm.layers import (DropPath, LayerScale, Mlp, RelPosBias, calculate_drop_path_rates, register_notrace_function,
+                         to_2tuple)
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table_simple
 from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 
 from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
 from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
-from .layers import Mlp, attention, window_partition, window_reverse
+from .layers import attention, pad_to_multiple, window_partition, window_reverse
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['GCViT', 'SqueezeExcite', 'MbConvBlock', 'Downsample', 'GlobalQueryGen', 'WindowAttention', 'GCViTBlock',
-           'GCViTStage', 'checkpoint_filter_fn', 'to_project_layout', 'to_timm_layout', 'timm_counterpart']
+__all__ = ['GCViT', 'SqueezeExcite', 'MbConvBlock', 'Downsample', 'Stem', 'GlobalQueryGen', 'WindowAttention',
+           'GCViTBlock', 'GCViTStage', 'checkpoint_filter_fn', 'to_project_layout', 'to_timm_layout',
+           'timm_counterpart']
 
 WINDOW_RATIO = (32, 32, 16, 32)  # reference windows: img_size / ratio, i.e. 7, 7, 14, 7 at 224
 QUERY_DEPTHS = (3, 2, 1, 1)  # fused-MBConv blocks of each stage's global query generator
@@ -62,12 +64,13 @@ class SqueezeExcite(nn.Module):
     ``(B, C, H, W)`` -> ``(B, C, H, W)``.
     """
 
-    def __init__(self, dim: int, rd_ratio: float = 0.25, act_layer: type = nn.GELU):
+    def __init__(self, dim: int, rd_ratio: float = 0.25, act_layer: type = nn.GELU, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         rd = int(dim * rd_ratio)
-        self.fc1 = nn.Linear(dim, rd, bias=False)
+        self.fc1 = nn.Linear(dim, rd, bias=False, **dd)
         self.act = act_layer()
-        self.fc2 = nn.Linear(rd, dim, bias=False)
+        self.fc2 = nn.Linear(rd, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.fc2(self.act(self.fc1(x.mean(dim=(2, 3)))))
@@ -81,12 +84,13 @@ class MbConvBlock(nn.Module):
     GELU, sigmoid gate). ``(B, C, H, W)`` -> ``(B, C, H, W)``; channels-last memory in gives channels-last out.
     """
 
-    def __init__(self, dim: int, act_layer: type = nn.GELU):
+    def __init__(self, dim: int, act_layer: type = nn.GELU, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
         self.act = act_layer()
-        self.se = SqueezeExcite(dim, 0.25, act_layer)
-        self.conv_pw = nn.Conv2d(dim, dim, 1, bias=False)
+        self.se = SqueezeExcite(dim, 0.25, act_layer, **dd)
+        self.conv_pw = nn.Conv2d(dim, dim, 1, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_pw(self.se(self.act(self.conv_dw(x))))
@@ -99,14 +103,22 @@ class Downsample(nn.Module):
     (``dim_out == dim``) and ahead of stages 1-3 (``dim_out == 2 * dim``).
     """
 
-    def __init__(self, dim: int, dim_out: Optional[int] = None, act_layer: type = nn.GELU,
-                 norm_layer: type = nn.LayerNorm):
+    def __init__(
+            self,
+            dim: int,
+            dim_out: Optional[int] = None,
+            act_layer: type = nn.GELU,
+            norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         dim_out = dim_out or dim
-        self.norm1 = norm_layer(dim)
-        self.conv_block = MbConvBlock(dim, act_layer)
-        self.reduction = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1, bias=False)
-        self.norm2 = norm_layer(dim_out)
+        self.norm1 = norm_layer(dim, **dd)
+        self.conv_block = MbConvBlock(dim, act_layer, **dd)
+        self.reduction = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1, bias=False, **dd)
+        self.norm2 = norm_layer(dim_out, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x).permute(0, 3, 1, 2)
@@ -117,16 +129,33 @@ class Downsample(nn.Module):
 class Stem(nn.Module):
     """3x3/2 conv (with bias) then a same-width :class:`Downsample`: ``(B, 3, H, W)`` -> ``(B, H/4, W/4, C)``."""
 
-    def __init__(self, in_chans: int = 3, dim: int = 64, act_layer: type = nn.GELU, norm_layer: type = nn.LayerNorm):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            dim: int = 64,
+            act_layer: type = nn.GELU,
+            norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, dim, 3, stride=2, padding=1)
-        self.down = Downsample(dim, dim, act_layer, norm_layer)
+        self.conv1 = nn.Conv2d(in_chans, dim, 3, stride=2, padding=1, **dd)
+        self.down = Downsample(dim, dim, act_layer, norm_layer, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A channels-last image makes conv1's output channels-last, so the permute below is free; the alternative
         # copies the 5x larger output map for the LayerNorm.
         x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         return self.down(x.permute(0, 2, 3, 1))
+
+
+@register_notrace_function  # size-dependent: FX records the call
+def resize_to_window(x: torch.Tensor, window_size: Size2) -> torch.Tensor:
+    """``(B, C, h, w)`` -> ``(B, C, wh, ww)``: bicubic resize, unless the map already is one window."""
+    if x.shape[-2] == window_size[0] and x.shape[-1] == window_size[1]:
+        return x
+    return F.interpolate(x, size=[window_size[0], window_size[1]], mode='bicubic', align_corners=False)
 
 
 class GlobalQueryGen(nn.Module):
@@ -139,9 +168,19 @@ class GlobalQueryGen(nn.Module):
     detection backbone does. ``(B, H, W, C)`` -> ``(B, wh * ww, C)``.
     """
 
-    def __init__(self, dim: int, depth: int, pool: bool, window_size: Size2, act_layer: type = nn.GELU):
+    def __init__(
+            self,
+            dim: int,
+            depth: int,
+            pool: bool,
+            window_size: Size2,
+            act_layer: type = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.blocks = nn.ModuleList([MbConvBlock(dim, act_layer) for _ in range(depth)])
+        self.blocks = nn.ModuleList([MbConvBlock(dim, act_layer, **dd) for _ in range(depth)])
         self.pool = pool
         self.window_size = window_size
 
@@ -151,9 +190,7 @@ class GlobalQueryGen(nn.Module):
             x = blk(x)
             if self.pool:
                 x = F.max_pool2d(x, 3, stride=2, padding=1)
-        if tuple(x.shape[-2:]) != self.window_size:
-            x = F.interpolate(x, size=self.window_size, mode='bicubic', align_corners=False)
-        return x.flatten(2).transpose(1, 2)
+        return resize_to_window(x, self.window_size).flatten(2).transpose(1, 2)
 
 
 class WindowAttention(nn.Module):
@@ -161,8 +198,8 @@ class WindowAttention(nn.Module):
 
     Local: ``q, k, v = Linear(x)``. Global: ``k, v = Linear(x)`` and ``q`` is the image's global query (not
     projected), the same for every window of that image. Both scale by ``head_dim ** -0.5`` and add the learned
-    Swin-v1 bias ``table[index]`` of shape ``(heads, N, N)``, which runs in ``scaled_dot_product_attention`` as an
-    additive mask.
+    Swin-v1 bias (timm's ``RelPosBias``, ``(1, heads, N, N)``), which runs in ``scaled_dot_product_attention`` as
+    an additive mask.
 
     ``(B * nW, N, C)`` windows, image-major (all windows of image 0 first), and for global attention the
     ``(B, N, C)`` global queries -> ``(B * nW, N, C)``.
@@ -177,45 +214,34 @@ class WindowAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'WindowAttention: dim {dim} is not a multiple of num_heads {num_heads}')
         self.num_heads = num_heads
         self.window_size = window_size
         self.use_global = use_global
-        self.qkv = nn.Linear(dim, dim * (2 if use_global else 3), bias=qkv_bias)
-        self.rel_pos = RelPosBias(window_size, num_heads)
+        self.qkv = nn.Linear(dim, dim * (2 if use_global else 3), bias=qkv_bias, **dd)
+        self.rel_pos = RelPosBias(window_size, num_heads, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    @torch.no_grad()
-    def init_non_persistent_buffers(self) -> None:
-        """Recompute the relative-position index (not saved in checkpoints), e.g. after building on the meta
-        device and ``to_empty``; timm's ``reinit_non_persistent_buffers`` calls it."""
-        index = gen_relative_position_index(self.window_size, device=self.rel_pos.relative_position_index.device)
-        self.rel_pos.relative_position_index.copy_(index.view(-1))
-
-    def _bias(self, N: int) -> torch.Tensor:
-        """``(1, heads, N, N)`` relative-position bias, contiguous (a strided mask slows the SDPA kernel)."""
-        table = self.rel_pos.relative_position_bias_table
-        bias = table.index_select(0, self.rel_pos.relative_position_index).view(N, N, -1)
-        return bias.permute(2, 0, 1).unsqueeze(0).contiguous()
-
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
-        BW, N, C = x.shape
         qkv = self.qkv(x)
         if self.use_global:
             if q_global is None:
                 raise ValueError('global window attention needs the stage\'s global query')
             k, v = qkv.chunk(2, dim=-1)
-            B = q_global.shape[0]
+            BW, B = x.shape[0], q_global.shape[0]
             # One query per image, repeated for its nW windows (image-major, like the windows). A view for B == 1.
-            q = q_global.to(k.dtype).unsqueeze(1).expand(B, BW // B, N, C).reshape(BW, N, C)
+            q = q_global.to(k.dtype).unsqueeze(1).expand(B, BW // B, -1, -1).flatten(0, 1)
         else:
             q, k, v = qkv.chunk(3, dim=-1)
-        bias = self._bias(N).to(q.dtype)
+        bias = self.rel_pos.get_bias().to(q.dtype)  # contiguous (a strided mask slows the SDPA kernel)
         x = attention(q, k, v, self.num_heads, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x))
 
@@ -242,36 +268,33 @@ class GCViTBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: type = nn.GELU,
             norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.window_size = window_size
-        self.norm1 = norm_layer(dim)
-        self.attn = WindowAttention(dim, num_heads, window_size, use_global, qkv_bias, attn_drop, proj_drop)
-        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = WindowAttention(dim, num_heads, window_size, use_global, qkv_bias, attn_drop, proj_drop, **dd)
+        self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.ls2 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def _window_attn(self, x: torch.Tensor, q_global: Optional[torch.Tensor]) -> torch.Tensor:
-        _, H, W, C = x.shape
-        wh, ww = self.window_size
-        pad_h, pad_w = (-H) % wh, (-W) % ww
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
-        windows = window_partition(x, self.window_size).reshape(-1, wh * ww, C)
-        x = window_reverse(self.attn(windows, q_global).view(-1, wh, ww, C), self.window_size, (Hp, Wp))
-        if pad_h or pad_w:
-            x = x[:, :H, :W]
-        return x
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``: zero-pad to window multiples, attend per window, crop back."""
+        H, W = x.shape[1], x.shape[2]
+        x = pad_to_multiple(x, self.window_size, channels_last=True)
+        windows = window_partition(x, self.window_size).flatten(1, 2)  # (B * nW, wh * ww, C)
+        out = self.attn(windows, q_global).unflatten(1, self.window_size)
+        return window_reverse(out, self.window_size, x.shape[1:3])[:, :H, :W]
 
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self._window_attn(self.norm1(x), q_global)))
-        if self.training or not isinstance(self.ls2, nn.Identity):
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return self.mlp(self.norm2(x), residual=x)  # drop path is the identity: the add can fuse into fc2
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
 
 
 class GCViTStage(nn.Module):
@@ -296,22 +319,26 @@ class GCViTStage(nn.Module):
             drop_path: Sequence[float] = (),
             act_layer: type = nn.GELU,
             norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.downsample = Downsample(downsample_from, dim, act_layer, norm_layer) if downsample_from else nn.Identity()
-        self.global_block = GlobalQueryGen(dim, query_depth, query_pool, window_size, act_layer)
+        self.downsample = (Downsample(downsample_from, dim, act_layer, norm_layer, **dd) if downsample_from
+                           else nn.Identity())
+        self.global_block = GlobalQueryGen(dim, query_depth, query_pool, window_size, act_layer, **dd)
         self.blocks = nn.ModuleList([
             GCViTBlock(
                 dim, num_heads, window_size, use_global=i % 2 == 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 layer_scale=layer_scale, proj_drop=proj_drop, attn_drop=attn_drop,
-                drop_path=drop_path[i] if drop_path else 0., act_layer=act_layer, norm_layer=norm_layer)
+                drop_path=drop_path[i] if drop_path else 0., act_layer=act_layer, norm_layer=norm_layer, **dd)
             for i in range(depth)])
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         q_global = self.global_block(x)
-        for blk in self.blocks:
+        for blk in self.blocks:  # not timm's checkpoint_seq: the blocks take the global query as well
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 x = checkpoint(blk, x, q_global, use_reentrant=False)
             else:
@@ -344,6 +371,7 @@ class GCViT(Backbone):
     """
 
     level_attr = 'stages'
+    family = 'GCViT'
     global_pools = ('avg', '')
     final_norm_on_all_levels = False
 
@@ -366,6 +394,8 @@ class GCViT(Backbone):
             drop_path_rate: float = 0.,
             out_norm_indices: Sequence[int] = (),
             weight_init: str = 'reference',
+            device=None,
+            dtype=None,
     ):
         """
         Args:
@@ -391,14 +421,17 @@ class GCViT(Backbone):
             out_norm_indices: stages whose intermediate outputs get a LayerNorm of their own in
                 ``forward_intermediates(norm=True)`` (the reference detection backbone's ``norm0..norm3``).
             weight_init: ``'reference'`` reproduces the reference initialisation; ``'skip'`` leaves PyTorch's.
+            device: where the parameters are created (timm's factory kwargs).
+            dtype: their dtype.
         """
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self._check_global_pool(global_pool)
         num_stages = len(depths)
         if num_stages != 4 or len(num_heads) != 4:
             raise ValueError(f'GC ViT has 4 stages: depths {tuple(depths)} and num_heads {tuple(num_heads)} must give '
                              f'4 values each')
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = to_2tuple(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -408,8 +441,8 @@ class GCViT(Backbone):
         dims = [embed_dim * 2 ** i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.stem = Stem(in_chans, embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stem = Stem(in_chans, embed_dim, **dd)
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))  # linear over all blocks
         stages = []
         for i in range(num_stages):
             feat = (img_size[0] // 2 ** (i + 2), img_size[1] // 2 ** (i + 2))
@@ -419,20 +452,20 @@ class GCViT(Backbone):
                 query_pool=i < 2 or (i == 2 and self.window_size[i] != feat),
                 downsample_from=dims[i - 1] if i else None,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, layer_scale=layer_scale, proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], **dd,
             ))
         self.stages = nn.Sequential(*stages)
         self.feature_info = [dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f'stages.{i}')
                              for i in range(num_stages)]
-        self.norm = nn.LayerNorm(dims[-1])
+        self.norm = nn.LayerNorm(dims[-1], **dd)
         self.out_norms = nn.ModuleDict({
-            str(i): nn.LayerNorm(dims[i]) for i in sorted({i % num_stages for i in out_norm_indices})})
+            str(i): nn.LayerNorm(dims[i], **dd) for i in sorted({i % num_stages for i in out_norm_indices})})
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
         self._apply_weight_init(weight_init)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def _init_reference(self) -> None:
         """The reference initialisation: every Linear truncated normal (std 0.02) with zero bias, LayerNorms
         1 / 0, relative-position tables truncated normal 0.02 (done by ``RelPosBias``); convs keep PyTorch's."""
         init_linear_and_layernorm(self)
@@ -463,6 +496,9 @@ class GCViT(Backbone):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-4 conv stem: ``(B, 3, H, W)`` -> ``(B, H/4, W/4, C)`` (sizes rounded up at each stride)."""
         return self.stem(x)
+
+    def _forward_levels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)  # the stages checkpoint their blocks
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -649,7 +685,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GCViT) -> D
     # reference detection backbone has no final norm), as are the head and the out norms of dense models.
     optional = ('head.', 'out_norms.') + (('norm.',) if str(len(model.stages) - 1) in model.out_norms else ())
     return reconcile(state_dict, model, looks_like, optional=lambda k: k.startswith(optional),
-                     unused=model._no_place_for)
+                     unused=model._no_place_for, input_conv='stem.conv1.weight')
 
 
 

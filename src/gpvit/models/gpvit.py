@@ -20,6 +20,9 @@ Any input size: the stem pads bottom/right to a multiple of 8 (as the reference'
 position embedding is resized bicubically to the token grid in every forward (as the reference does), and a
 token grid with an odd side is handled in the stripe attention by letting the last stripe be one token wide
 (see :class:`LePEAttention`). Sides that are multiples of 16 give exactly the reference's function.
+
+The blocks here are the plain ones (training, export, compile, TorchScript, FX); in eval mode on CPU float32
+their fused inference variants in :mod:`gpvit.models.fused` are swapped in (same parameters).
 """
 import logging
 import math
@@ -31,19 +34,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.layers import (ConvNormAct, DropPath, Mlp, register_notrace_function, register_notrace_module, to_2tuple,
+                         trunc_normal_)
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 from timm.models.mlp_mixer import MixerBlock
 
 from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
-from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
-from .layers import Mlp, attention, fused_linear, is_tracing, pad_amount, split_heads, window_partition
+from .backbone import (MIN_INPUT_SIZE, Backbone, build_backbone, device_dtype,  # noqa: F401 (re-export)
+                       init_linear_and_layernorm)
+from .layers import attention, is_tracing, pad_amount, pad_to_multiple, split_heads, window_partition
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['GPViT', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'UngroupingAttention', 'GPBlock',
-           'GroupPool', 'checkpoint_filter_fn']
+__all__ = ['GPViT', 'ConvPatchEmbed', 'LePEAttention', 'LePEBlock', 'GroupingAttention', 'UngroupingAttention',
+           'GPBlock', 'GroupPool', 'checkpoint_filter_fn']
 
 
 def resize_pos_grid(pos: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -64,23 +69,30 @@ class ConvPatchEmbed(nn.Module):
     4, then a 4x4/4 projection to ``embed_dim``. ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), embed_dim)``.
     """
 
-    def __init__(self, in_chans: int = 3, embed_dim: int = 216, stem_width: int = 64, num_convs: int = 0):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 216,
+            stem_width: int = 64,
+            num_convs: int = 0,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.stem = ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3)
-        self.convs = nn.Sequential(*[ConvNormAct(stem_width, stem_width, 3, padding=1) for _ in range(num_convs)])
-        self.proj = nn.Conv2d(stem_width, embed_dim, 4, stride=4)
+        self.stem = ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3, **dd)
+        self.convs = nn.Sequential(*[ConvNormAct(stem_width, stem_width, 3, padding=1, **dd)
+                                     for _ in range(num_convs)])
+        self.proj = nn.Conv2d(stem_width, embed_dim, 4, stride=4, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last convs: oneDNN (and cuDNN) run them without layout reorders, up to 1.6x faster here, and
         # the projection's output is then already the (B, H, W, C) token map.
         x = self.convs(self.stem(x.contiguous(memory_format=torch.channels_last)))
-        H, W = x.shape[-2:]
-        pad_h, pad_w = pad_amount(H, 4), pad_amount(W, 4)
-        if pad_h or pad_w or is_tracing():  # a zero pad would still copy the map
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.proj(x).permute(0, 2, 3, 1)
+        return self.proj(pad_to_multiple(x, (4, 4))).permute(0, 2, 3, 1)
 
 
+@register_notrace_module  # size-dependent stripe layout: FX records the call (as for timm's windowed attentions)
 class LePEAttention(nn.Module):
     """Cross-shaped stripe attention with locally-enhanced positional encoding (CSWin), as in GPViT.
 
@@ -106,7 +118,10 @@ class LePEAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         if dim % 2 or num_heads % 2 or (dim // 2) % (num_heads // 2):
             raise ValueError(f'LePEAttention: dim {dim} must split into 2 branches of num_heads/2 = '
@@ -114,10 +129,10 @@ class LePEAttention(nn.Module):
         self.num_heads = num_heads
         self.stripe_width = stripe_width
         half = dim // 2
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.lepe = nn.ModuleList([nn.Conv2d(half, half, 3, padding=1, groups=half) for _ in range(2)])
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.lepe = nn.ModuleList([nn.Conv2d(half, half, 3, padding=1, groups=half, **dd) for _ in range(2)])
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _branch(
@@ -125,66 +140,63 @@ class LePEAttention(nn.Module):
             q: torch.Tensor,
             k: torch.Tensor,
             v: torch.Tensor,
-            stripe: Tuple[int, int],
-            lepe: nn.Conv2d,
+            pe: torch.Tensor,
             key_mask: Optional[torch.Tensor],
             out: torch.Tensor,
     ) -> None:
-        """Attention of one branch, written into ``out``.
+        """Attention of one branch plus its LePE ``pe``, written into ``out``.
 
         Args:
-            q, k, v: ``(B * nS, sh, sw, D)`` stripes of ``stripe = (sh, sw)`` tokens (any strides, channels last).
+            q, k, v: ``(B * nS, sh, sw, D)`` stripes of ``sh * sw`` tokens (any strides, channels last).
+            pe: ``(B * nS, sh, sw, D)`` the branch's LePE of ``v``.
             key_mask: ``(B * nS, 1, 1, sh * sw)`` True for real tokens, None when the stripes tile the map.
             out: ``(B, nS, sh, sw, D)`` strided view of the output map; the sum attention + LePE is written
                 straight into it, which is the window reverse and the branch concatenation at once.
         """
-        # LePE: the stripes as a batch of (D, sh, sw) images, so the conv zero-pads at stripe borders.
-        pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        if a.requires_grad or pe.requires_grad or is_tracing():
-            # out= has no autograd and does not functionalise (export, compile); an in-place copy does both
-            out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))
-        else:
-            torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
+        out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))  # an in-place copy has autograd and functionalises
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, H, W, C)`` -> ``(B, H, W, C)``; plus ``residual`` if given (fused into the projection when it
-        can be, see :func:`~gpvit.models.layers.fused_linear`)."""
-        B, H, W, C = x.shape
+    def stripe_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``: both branches with their LePE, before the output projection."""
+        B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         sw, D = self.stripe_width, C // 2
         qkv = self.qkv(x)
         pad_h, pad_w = pad_amount(H, sw), pad_amount(W, sw)
-        mask_v = mask_h = None
-        if pad_h or pad_w:
-            qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
-            valid = torch.zeros(1, H + pad_h, W + pad_w, 1, dtype=torch.bool, device=x.device)
-            valid[:, :H, :W] = True
         Hp, Wp = H + pad_h, W + pad_w
+        padded = pad_h > 0 or pad_w > 0
+        mask_v: Optional[torch.Tensor] = None
+        mask_h: Optional[torch.Tensor] = None
+        if padded:
+            qkv = F.pad(qkv, [0, 0, 0, pad_w, 0, pad_h])
+            valid = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool, device=x.device)
+            valid[:, :H, :W] = True
+            mask_v = window_partition(valid, (Hp, sw)).flatten(1).repeat(B, 1)[:, None, None, :]
+            mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
         nv, nh = Wp // sw, Hp // sw
         qkv = qkv.view(B, Hp, Wp, 3, 2, D)
         out = qkv.new_empty(B, Hp, Wp, 2, D)  # both branches write here: no window reverse, no concat
 
         # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v, each contiguous.
         qkv_v = qkv[..., 0, :].unflatten(2, (nv, sw)).permute(4, 0, 2, 1, 3, 5).reshape(3, B * nv, Hp, sw, D)
-        if pad_h or pad_w:
-            mask_v = window_partition(valid, (Hp, sw)).flatten(1).repeat(B, 1)[:, None, None, :]
+        # LePE: the stripes as a batch of (D, sh, sw) images, so the conv zero-pads at stripe borders.
+        pe = self.lepe[0](qkv_v[2].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out_v = out[..., 0, :].unflatten(2, (nv, sw)).permute(0, 2, 1, 3, 4)  # (B, nv, Hp, sw, D) view
-        self._branch(*qkv_v, (Hp, sw), self.lepe[0], mask_v, out_v)
+        self._branch(qkv_v[0], qkv_v[1], qkv_v[2], pe, mask_v, out_v)
 
         # Horizontal stripes (sw x Wp): views of the projection, no copy.
-        q, k, v = qkv[..., 1, :].reshape(B * nh, sw, Wp, 3, D).unbind(3)
-        if pad_h or pad_w:
-            mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
-        self._branch(q, k, v, (sw, Wp), self.lepe[1], mask_h, out[..., 1, :].unflatten(1, (nh, sw)))
+        qkv_h = qkv[..., 1, :].reshape(B * nh, sw, Wp, 3, D)
+        q, k, v = qkv_h[..., 0, :], qkv_h[..., 1, :], qkv_h[..., 2, :]
+        pe = self.lepe[1](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        self._branch(q, k, v, pe, mask_h, out[..., 1, :].unflatten(1, (nh, sw)))
 
         x = out.view(B, Hp, Wp, C)
-        if pad_h or pad_w:
+        if padded:
             x = x[:, :H, :W]
-        if residual is not None and not self.training:
-            return fused_linear(x, self.proj, residual=residual)
-        x = self.proj_drop(self.proj(x))
-        return x if residual is None else residual + x
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.stripe_attention(x)))
 
 
 class LePEBlock(nn.Module):
@@ -207,23 +219,22 @@ class LePEBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: type = nn.GELU,
             norm_layer: type = partial(nn.LayerNorm, eps=1e-6),
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = LePEAttention(dim, num_heads, stripe_width, qkv_bias, attn_drop, proj_drop)
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = LePEAttention(dim, num_heads, stripe_width, qkv_bias, attn_drop, proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            x = x + self.drop_path1(self.attn(self.norm1(x)))
-            x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        else:  # drop path is the identity: the residual adds can fuse into the projections
-            x = self.attn(self.norm1(x), residual=x)
-            x = self.mlp(self.norm2(x), residual=x)
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -235,13 +246,22 @@ class GroupingAttention(nn.Module):
     tokens. ``(1, n, C)``, ``(B, N, C)`` -> ``(B, n, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = True, attn_drop: float = 0.,
-                 norm_layer: type = nn.LayerNorm):
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 6,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.num_heads = num_heads
-        self.norm_q = norm_layer(dim)
-        self.norm_kv = norm_layer(dim)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.norm_q = norm_layer(dim, **dd)
+        self.norm_kv = norm_layer(dim, **dd)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
 
     def forward(self, group_tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +269,7 @@ class GroupingAttention(nn.Module):
         return attention(self.norm_q(group_tokens), self.k(kv), kv, self.num_heads,
                          dropout_p=self.attn_drop if self.training else 0.)
 
+    @torch.jit.ignore
     def attention_map(self, group_tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The grouping weights ``(B, heads, n, N)``: how much each group gathers from each image token.
 
@@ -266,16 +287,25 @@ class UngroupingAttention(nn.Module):
     ``(B, N, C)``, ``(B, n, C)`` -> ``(B, N, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = True, attn_drop: float = 0.,
-                 norm_layer: type = nn.LayerNorm):
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 6,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.num_heads = num_heads
-        self.norm_q = norm_layer(dim)
-        self.norm_kv = norm_layer(dim)
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.norm_q = norm_layer(dim, **dd)
+        self.norm_kv = norm_layer(dim, **dd)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.attn_drop = attn_drop
 
     def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -313,36 +343,44 @@ class GPBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: type = nn.GELU,
             norm_layer: type = nn.LayerNorm,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim))
-        self.group = GroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
+        self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim, **dd))
+        self.group = GroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer, **dd)
         self.mixer = MixerBlock(dim, num_group_tokens, mixer_ratio, mlp_layer=Mlp, norm_layer=norm_layer,
-                                act_layer=act_layer, drop=proj_drop, drop_path=drop_path)
-        self.ungroup = UngroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer)
+                                act_layer=act_layer, drop=proj_drop, drop_path=drop_path, **dd)
+        self.ungroup = UngroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.proj = nn.Linear(2 * dim, dim)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.proj = nn.Linear(2 * dim, dim, **dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.conv = ConvNormAct(dim, dim, 3, padding=1, groups=dim)
+        self.conv = ConvNormAct(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The group tokens: truncated normal, std 0.02 (the submodules have their own)."""
         trunc_normal_(self.group_token, std=.02)
 
+    @torch.jit.ignore
     def group_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Grouping weights of this block for its input ``x`` ``(B, H, W, C)``: ``(B, heads, n, H, W)``."""
         B, H, W, C = x.shape
         return self.group.attention_map(self.group_token, x.reshape(B, H * W, C)).unflatten(-1, (H, W))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        x = x.reshape(B, H * W, C)
+    def propagate(self, x: torch.Tensor) -> torch.Tensor:
+        """Grouping, propagation, ungrouping and the 2C -> C projection: ``(B, N, C)`` -> ``(B, N, C)``."""
         g = self.mixer(self.group(self.group_token, x))
-        x = self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
-        if self.training:
-            x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        else:  # drop path is the identity: the residual add can fuse into fc2
-            x = self.mlp(self.norm2(x), residual=x)
-        return self.conv(x.view(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.propagate(x.flatten(1, 2))
+        y = y + self.drop_path2(self.mlp(self.norm2(y)))
+        return self.conv(y.view(x.shape).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class GroupPool(nn.Module):
@@ -352,15 +390,36 @@ class GroupPool(nn.Module):
     so the pool starts as global average pooling. ``(B, N, C)`` -> ``(B, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 6, norm_layer: type = nn.LayerNorm):
+    def __init__(self, dim: int, num_heads: int = 6, norm_layer: type = nn.LayerNorm, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.num_heads = num_heads
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.norm = norm_layer(dim)
-        self.k = nn.Linear(dim, dim, bias=False)
+        self.query = nn.Parameter(torch.zeros(1, 1, dim, **dd))
+        self.norm = norm_layer(dim, **dd)
+        self.k = nn.Linear(dim, dim, bias=False, **dd)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The query: zeros (the submodules have their own)."""
+        nn.init.zeros_(self.query)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return attention(self.norm(self.query), self.k(x), x, self.num_heads).squeeze(1)
+
+
+@register_notrace_function  # size-dependent: FX records the call
+def grid_pos_embed(pos_embed: torch.Tensor, grid_size: Tuple[int, int], size: List[int]) -> torch.Tensor:
+    """The position embedding ``(1, gh * gw, C)`` stored for ``grid_size``, for a token map of ``size = (H, W)``:
+    ``(1, H, W, C)``, resized bicubically (the reference's ``resize_pos_embed``: ``align_corners=False``, no
+    antialiasing) unless the map has the stored grid.
+
+    Under export and compile it always resamples (the identity at the stored grid), and tests that first:
+    comparing symbolic sizes with the stored grid would specialise the graph to the example's size.
+    """
+    H, W = size[0], size[1]
+    if not is_tracing() and H == grid_size[0] and W == grid_size[1]:
+        return pos_embed.view(1, H, W, -1)
+    return resize_pos_grid(pos_embed.view(1, grid_size[0], grid_size[1], -1), (H, W))
 
 
 class GPViT(Backbone):
@@ -375,6 +434,7 @@ class GPViT(Backbone):
     """
 
     level_attr = 'blocks'
+    family = 'GPViT'
     global_pools = ('group', 'avg', '')
     final_norm_on_all_levels = True
 
@@ -402,6 +462,8 @@ class GPViT(Backbone):
             drop_path_rate: float = 0.,
             out_norm_indices: Sequence[int] = (),
             weight_init: str = 'reference',
+            device=None,
+            dtype=None,
     ):
         """
         Args:
@@ -430,7 +492,10 @@ class GPViT(Backbone):
                 ``forward_intermediates(norm=True)`` (the reference segmentation backbone's ``norm{i}``); the
                 last block always uses the final norm.
             weight_init: ``'reference'`` reproduces the reference initialisation; ``'skip'`` leaves PyTorch's.
+            device: where the parameters are created (timm's factory kwargs).
+            dtype: their dtype.
         """
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self._check_global_pool(global_pool)
         group_layers = dict(group_layers)
@@ -444,38 +509,39 @@ class GPViT(Backbone):
         self.group_heads = group_heads
         self.grad_checkpointing = False
         self.output_fmt = 'NCHW'
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = to_2tuple(img_size)
         self.grid_size = (math.ceil(img_size[0] / 8), math.ceil(img_size[1] / 8))
 
-        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, stem_width, stem_convs)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, stem_width, stem_convs, **dd)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # np.linspace(0, rate, depth)
+        # np.linspace(0, rate, depth) in float64 as the reference; timm's calculate_drop_path_rates is float32
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         blocks = []
         for i in range(depth):
             if i in group_layers:
                 blocks.append(GPBlock(
                     embed_dim, group_layers[i], group_heads, mlp_ratio, mixer_ratio, qkv_bias,
-                    proj_drop_rate, attn_drop_rate, dpr[i]))
+                    proj_drop_rate, attn_drop_rate, dpr[i], **dd))
             else:
                 blocks.append(LePEBlock(
                     embed_dim, num_heads, stripe_width, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
-                    dpr[i]))
+                    dpr[i], **dd))
         self.blocks = nn.Sequential(*blocks)
         self.feature_info = [dict(num_chs=embed_dim, reduction=8, module=f'blocks.{i}') for i in range(depth)]
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
         self.out_norms = nn.ModuleDict({
-            str(i): nn.LayerNorm(embed_dim, eps=1e-6)
+            str(i): nn.LayerNorm(embed_dim, eps=1e-6, **dd)
             for i in sorted({i % depth for i in out_norm_indices}) if i != depth - 1})
 
-        self.attn_pool = GroupPool(embed_dim, group_heads) if global_pool == 'group' else None
+        self.attn_pool = GroupPool(embed_dim, group_heads, **dd) if global_pool == 'group' else None
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self._apply_weight_init(weight_init)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def _init_reference(self) -> None:
         """The reference initialisation (mmcls ``init_weights``).
 
         Every Linear: truncated normal (std 0.02, cut at +-2), bias 0; every LayerNorm: 1 / 0; position
@@ -505,30 +571,26 @@ class GPViT(Backbone):
     def _set_global_pool(self, global_pool: str) -> None:
         """``'group'`` builds the attention pool if there is none; ``'avg'`` and ``''`` drop it."""
         if global_pool == 'group' and self.attn_pool is None:
-            self.attn_pool = GroupPool(self.embed_dim, self.group_heads).to(self.pos_embed.device)
+            self.attn_pool = GroupPool(self.embed_dim, self.group_heads, **device_dtype(self)).train(self.training)
         elif global_pool != 'group':
             self.attn_pool = None
         self.global_pool = global_pool
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` -> ``(B, C)``: the attention pool with ``global_pool='group'``, else as the base."""
-        if self.global_pool == 'group':
+        if self.attn_pool is not None:  # present exactly when global_pool == 'group'
             return self.attn_pool(x.flatten(2).transpose(1, 2))
-        return super()._pool(x)
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[1:3]
-        # When exporting or compiling, always resample (the identity at the stored grid), and test that first:
-        # comparing symbolic sizes with the stored grid would specialise the graph to the example's size.
-        if not is_tracing() and (H, W) == self.grid_size:
-            pos = self.pos_embed.view(1, H, W, -1)
-        else:
-            pos = resize_pos_grid(self.pos_embed.view(1, *self.grid_size, -1), (H, W))
-        return self.pos_drop(x + pos)
+        return x.mean(dim=(2, 3)) if self.global_pool == 'avg' else x  # as the base (TorchScript has no super())
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Conv stem, then the position embedding: ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), C)``."""
-        return self._pos_embed(self.patch_embed(x))
+        x = self.patch_embed(x)
+        return self.pos_drop(x + grid_pos_embed(self.pos_embed, self.grid_size, x.shape[1:3]))
+
+    def _forward_levels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x, use_reentrant=False)
+        return self.blocks(x)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """One block, recomputed in the backward pass with gradient checkpointing (the ViT-Adapter runs the
@@ -715,7 +777,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
     # of a detector checkpoint, whose ViT-Adapter backbone runs without it (final_norm=False).
     optional = ('head.', 'attn_pool.', 'out_norms.') + (('norm.',) if dense else ())
     return reconcile(state_dict, model, _looks_like(state_dict), optional=lambda k: k.startswith(optional),
-                     unused=model._no_place_for)
+                     unused=model._no_place_for, input_conv='patch_embed.stem.conv.weight')
 
 
 
@@ -723,9 +785,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: 'GPViT') ->
 # Model cfgs and registrations
 # ---------------------------------------------------------------------------------------------------------------
 
+def default_out_indices(depth: int) -> Tuple[int, ...]:
+    """The blocks ``features_only`` returns by default: four, evenly spaced, ending with the last (the reference
+    segmentation backbone's 2, 5, 8, 11 of 12 blocks; 0, 2, 3, 5 of gpvit_mini's 6)."""
+    return tuple(sorted({(i + 1) * depth // 4 - 1 for i in range(4)} - {-1}))
+
+
 def _create_gpvit(variant: str, pretrained: bool = False, **kwargs) -> GPViT:
     # Dense-task features: each requested block output through a LayerNorm of its own (reference GPViTSeg).
-    return build_backbone(GPViT, variant, pretrained, checkpoint_filter_fn, kwargs.get('depth', 12), (2, 5, 8, 11),
+    depth = kwargs.get('depth', 12)
+    return build_backbone(GPViT, variant, pretrained, checkpoint_filter_fn, depth, default_out_indices(depth),
                           **kwargs)
 
 

@@ -1,0 +1,18 @@
+"""Building blocks shared by the GPViT and GC ViT families, one concept per module.
+
+* :mod:`.attention`: multi-head attention on channels-last token tensors ``(B, L, C)``, in
+  ``scaled_dot_product_attention`` (optionally with an additive bias or a boolean key mask);
+* :mod:`.windows`: padding maps to window multiples, window partition and reverse;
+* :mod:`.checks`: checks of the input image batch;
+* :mod:`.tracing`: whether export / compile / TorchScript tracing is running.
+
+The models otherwise use timm's layers (``Mlp``, ``DropPath``, ``LayerScale``, ``RelPosBias``, ``ConvNormAct``).
+The CPU inference fast path (fused oneDNN GEMMs) is not here but in :mod:`gpvit.models.fused`.
+"""
+from .attention import attention, merge_heads, split_heads
+from .checks import check_image_input
+from .tracing import is_tracing
+from .windows import pad_amount, pad_to_multiple, window_partition, window_reverse
+
+__all__ = ['attention', 'check_image_input', 'is_tracing', 'merge_heads', 'pad_amount', 'pad_to_multiple',
+           'split_heads', 'window_partition', 'window_reverse']
