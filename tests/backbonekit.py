@@ -11,6 +11,7 @@ BAD_INPUTS = [
     ((3, 224, 224), '4-D'),
     ((1, 1, 224, 224), '3 input channels'),
     ((1, 224, 224, 3), 'channels-last'),
+    ((0, 3, 224, 224), 'empty batch'),
 ]
 
 
@@ -19,6 +20,22 @@ def assert_bad_input_raises(model: nn.Module, shape: Sequence[int], message: str
     for run in (model, model.forward_intermediates):
         with pytest.raises(ValueError, match=message):
             run(torch.randn(*shape))
+
+
+def assert_input_dtype_checked(model: nn.Module) -> None:
+    """Integer images, and float images of another dtype than the (float32) weights, raise a ValueError naming
+    the fix in ``forward`` and ``forward_intermediates``; under autocast a bfloat16 batch runs."""
+    x = torch.rand(1, 3, 64, 64)
+    bad = [(x.mul(255).to(torch.uint8), r'floating-point images, got torch.uint8: convert them \(x.float\(\) / 255\)'),
+           (x.half(), r'float32 weights, got torch.float16 images: cast the images \(x.to\(torch.float32\)\)'),
+           (x.bfloat16(), r'float32 weights, got torch.bfloat16 images'),
+           (x.double(), r'float32 weights, got torch.float64 images')]
+    for images, message in bad:
+        for run in (model, model.forward_intermediates):
+            with pytest.raises(ValueError, match=message):
+                run(images)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.isfinite(model(x.bfloat16()).float()).all()
 
 
 def assert_intermediates_match_feature_info(model: nn.Module, x: torch.Tensor,

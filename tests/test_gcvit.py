@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, assert_bad_input_raises,
                          assert_bf16_autocast_close, assert_checkpointing_keeps_gradients,
-                         assert_intermediates_match_feature_info, assert_reset_classifier)
+                         assert_input_dtype_checked, assert_intermediates_match_feature_info,
+                         assert_reset_classifier)
 from fill import fill, load_manifest
 from timm.models import group_parameters
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
@@ -324,6 +325,10 @@ def test_mmdet_checkpoint_backbone(xxtiny):
 @pytest.mark.parametrize('shape, message', BAD_INPUTS + [((1, 3, 224, 20), 'at least 32x32')])
 def test_bad_input_raises_value_error(xxtiny_model, shape, message):
     assert_bad_input_raises(xxtiny_model, shape, message)
+
+
+def test_input_dtype_is_checked(xxtiny_model):
+    assert_input_dtype_checked(xxtiny_model)
 
 
 def test_bad_constructor_values():

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, assert_bad_input_raises,
                          assert_bf16_autocast_close, assert_checkpointing_keeps_gradients,
-                         assert_intermediates_match_feature_info, assert_reset_classifier)
+                         assert_input_dtype_checked, assert_intermediates_match_feature_info,
+                         assert_reset_classifier)
 from fill import fill, load_manifest
 from timm.models import group_parameters
 
@@ -125,6 +126,10 @@ def test_padding_rule_is_local():
 @pytest.mark.parametrize('shape, message', BAD_INPUTS + [((1, 3, 16, 224), 'at least 32x32')])
 def test_bad_input_raises_value_error(shape, message):
     assert_bad_input_raises(gpvit.create_model('gpvit_mini').eval(), shape, message)
+
+
+def test_input_dtype_is_checked():
+    assert_input_dtype_checked(gpvit.create_model('gpvit_mini').eval())
 
 
 def test_bad_constructor_values():

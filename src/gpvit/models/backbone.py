@@ -151,6 +151,10 @@ class Backbone(nn.Module):
         """The stem: ``(B, in_chans, H, W)`` images, already checked -> the first level's input ``(B, h, w, C)``."""
         raise NotImplementedError
 
+    def _input_weight(self) -> torch.Tensor:
+        """The weight of the first conv: the input's dtype is checked against it."""
+        raise NotImplementedError
+
     def _forward_levels(self, x: torch.Tensor) -> torch.Tensor:
         """All levels: the first level's input ``(B, h, w, C)`` -> the last level's output ``(B, h', w', C')``."""
         raise NotImplementedError
@@ -266,7 +270,7 @@ class Backbone(nn.Module):
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Check the image batch (a ``ValueError`` saying what was expected) and run the stem:
         ``(B, in_chans, H, W)`` -> ``(B, h, w, C)``."""
-        check_image_input(x, self.in_chans, self.min_input_size, self.family)
+        check_image_input(x, self.in_chans, self.min_input_size, self.family, self._input_weight())
         return self._embed(x)
 
     def _out_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:

@@ -493,6 +493,9 @@ class GCViT(Backbone):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
+    def _input_weight(self) -> torch.Tensor:
+        return self.stem.conv1.weight
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-4 conv stem: ``(B, 3, H, W)`` -> ``(B, H/4, W/4, C)`` (sizes rounded up at each stride)."""
         return self.stem(x)

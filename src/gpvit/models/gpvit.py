@@ -582,6 +582,9 @@ class GPViT(Backbone):
             return self.attn_pool(x.flatten(2).transpose(1, 2))
         return x.mean(dim=(2, 3)) if self.global_pool == 'avg' else x  # as the base (TorchScript has no super())
 
+    def _input_weight(self) -> torch.Tensor:
+        return self.patch_embed.stem.conv.weight
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Conv stem, then the position embedding: ``(B, 3, H, W)`` -> ``(B, ceil(H/8), ceil(W/8), C)``."""
         x = self.patch_embed(x)
