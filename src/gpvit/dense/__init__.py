@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint_file
 from .backbone import DenseBackbone, build_dense_body, default_out_indices
 from .detectors import GPViTMaskRCNN, GPViTRetinaNet, mask_rcnn, retinanet
-from .reference import check_fits, convert_reference_segmentor, reference_format
+from .reference import check_fits, convert_reference_detector, convert_reference_segmentor, reference_format
 from .segmentor import Segmentor, segformer, upernet
 
 __all__ = ['DENSE_MODELS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone', 'Segmentor',
@@ -40,6 +40,8 @@ def load_dense_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, 
     what = 'checkpoint'
     if reference_format(state_dict) == 'mmseg':
         state_dict, what = convert_reference_segmentor(state_dict, model), 'reference mmseg checkpoint'
+    elif reference_format(state_dict) == 'mmdet':
+        state_dict, what = convert_reference_detector(state_dict, model), 'reference mmdet checkpoint'
     check_fits(model, state_dict, what)
     model.load_state_dict(state_dict, strict=False)
     return model

@@ -1,4 +1,4 @@
-"""Whole-model checkpoints of the reference code (mmseg segmentors) in this project's dense layout.
+"""Whole-model checkpoints of the reference code (mmseg segmentors, mmdet detectors) in this project's dense layout.
 
 The reference publishes its segmentors as mmcv release files ``{'meta': ..., 'state_dict': sd}`` with the keys
 ``backbone.*`` (the GPViT layers and the per-level norms), ``decode_head.*`` (mmseg ``UPerHead`` or
@@ -17,7 +17,28 @@ SegFormer ``convs.<i>`` / ``fusion_conv``        ``proj.<i>`` / ``fuse``
 ===============================================  ===============================================
 
 Every other module keeps its name (``lateral_convs``, ``fpn_convs``, ``fpn_bottleneck``, the FCN head's
-``convs``). The converted dict must then fit the model exactly; :func:`check_fits` names what does not.
+``convs``).
+
+The detectors (:func:`convert_reference_detector`, mmdet ``MaskRCNN`` / ``RetinaNet`` on ``GPViTAdapter``),
+reference -> this project (torchvision):
+
+* ``backbone.layers.*``, ``patch_embed``, ``pos_embed`` -> ``backbone.body.backbone.*`` (the GPViT converter);
+* ``backbone.spm`` / ``level_embed`` / ``up`` -> ``backbone.body.spm`` / ``level_embed`` / ``up``;
+* ``backbone.interactions.<i>.injector`` / ``.extractor`` -> ``backbone.body.injectors.<i>`` / ``extractors.<i>``;
+  ``backbone.interactions.3.extra_extractors.<j>`` -> ``backbone.body.extractors.<4 + j>``;
+* ``backbone.ad_norm1..4`` (RetinaNet: ``ad_norm2..4``) -> ``backbone.body.out_norms.0..``;
+* ``neck.lateral_convs.<i>`` / ``neck.fpn_convs.<i>`` -> ``backbone.fpn.inner_blocks.<i>`` / ``layer_blocks.<i>``;
+  RetinaNet's ``neck.fpn_convs.3`` / ``.4`` -> ``backbone.fpn.extra_blocks.p6`` / ``p7``;
+* ``rpn_head.rpn_conv`` / ``rpn_cls`` / ``rpn_reg`` -> ``rpn.head.conv.0.0`` / ``cls_logits`` / ``bbox_pred``;
+* ``roi_head.bbox_head.shared_convs.<i>`` / ``shared_fcs.0`` / ``fc_cls`` / ``fc_reg`` ->
+  ``roi_heads.box_head.<i>`` / ``box_head.5`` / ``box_predictor.cls_score`` / ``box_predictor.bbox_pred``;
+* ``roi_head.mask_head.convs.<i>`` / ``upsample`` / ``conv_logits`` -> ``roi_heads.mask_head.<i>`` /
+  ``mask_predictor.conv5_mask`` / ``mask_predictor.mask_fcn_logits``;
+* ``bbox_head.cls_convs`` / ``reg_convs`` / ``retina_cls`` / ``retina_reg`` -> ``head.classification_head.conv`` /
+  ``head.regression_head.conv`` / ``head.classification_head.cls_logits`` / ``head.regression_head.bbox_reg``;
+
+with the class order converted (see :func:`convert_reference_detector`). The converted dict must then fit the
+model exactly; :func:`check_fits` names what does not.
 """
 import re
 from typing import Dict, List, Mapping, Optional
@@ -29,7 +50,8 @@ from ..checkpoint import CheckpointError
 from ..models.factory import FAMILIES
 from .heads import FCNHead, SegFormerHead, UperNetHead
 
-__all__ = ['reference_format', 'convert_reference_segmentor', 'check_fits']
+__all__ = ['reference_format', 'convert_reference_segmentor', 'convert_reference_detector', 'check_fits',
+           'BACKGROUND_LOGIT']
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -50,9 +72,12 @@ _RECIPE_OF_HEAD = {'UPerHead': 'upernet', 'SegformerHead': 'segformer'}
 
 
 def reference_format(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """``'mmseg'`` for a reference segmentor state dict, else None (this project's layout or anything else)."""
+    """``'mmseg'`` / ``'mmdet'`` for a reference segmentor / detector state dict, else None (this project's layout
+    or anything else)."""
     if 'decode_head.conv_seg.weight' in state_dict or 'auxiliary_head.conv_seg.weight' in state_dict:
         return 'mmseg'
+    if 'rpn_head.rpn_conv.weight' in state_dict or 'bbox_head.retina_cls.weight' in state_dict:
+        return 'mmdet'
     return None
 
 
@@ -145,3 +170,142 @@ def check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: s
             f'{what} does not fit this {type(model).__name__}: {len(missing)} missing keys (first '
             f'{missing[:8]}), {len(unexpected)} unexpected (first {unexpected[:8]}), {len(shapes)} of another '
             f'shape (first {shapes[:8]}); build the model with the settings it was trained with')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mmdet detectors (Mask R-CNN, RetinaNet) -> torchvision's
+# ---------------------------------------------------------------------------------------------------------------
+
+def _adapter_rules(n_interactions: int, with_s4: bool):
+    first_norm = 1 if with_s4 else 2  # ad_norm1..4 (s4..s32); the single-stage adapter has ad_norm2..4
+    return [
+        (re.compile(r'^level_embed$'), 'level_embed'),
+        (re.compile(r'^(spm|up)\.'), r'\1.'),
+        (re.compile(r'^interactions\.(\d+)\.injector\.'), r'injectors.\1.'),
+        (re.compile(r'^interactions\.(\d+)\.extractor\.'), r'extractors.\1.'),
+        (re.compile(r'^interactions\.\d+\.extra_extractors\.(\d+)\.'),
+         lambda m: f'extractors.{n_interactions + int(m[1])}.'),
+        (re.compile(r'^ad_norm(\d)\.'), lambda m: f'out_norms.{int(m[1]) - first_norm}.'),
+    ]
+
+
+def _convert_adapter_backbone(state_dict: Mapping[str, torch.Tensor], body: nn.Module) -> StateDict:
+    """``backbone.*`` of a reference ``GPViTAdapter`` -> ``backbone.body.*`` of a :class:`GPViTAdapter`."""
+    rules = _adapter_rules(len(body.interaction_indexes), body.with_s4)
+    out, vit = {}, {}
+    for key, value in state_dict.items():
+        if not key.startswith('backbone.'):
+            continue
+        rest = key[len('backbone.'):]
+        for pattern, repl in rules:
+            if pattern.match(rest):
+                new = pattern.sub(repl, rest, count=1).replace('.ffn.dwconv.dwconv.', '.ffn.dwconv.')
+                out['backbone.body.' + new] = value
+                break
+        else:
+            vit[key] = value
+    out.update(_convert_backbone(vit, 'backbone.body.backbone.'))
+    return out
+
+
+def _fpn_rules(n_inputs: int):
+    def fpn_conv(m):
+        i = int(m[1])
+        return f'backbone.fpn.layer_blocks.{i}.' if i < n_inputs else f'backbone.fpn.extra_blocks.p{6 + i - n_inputs}.'
+    return [(re.compile(r'^neck\.lateral_convs\.(\d+)$'), r'backbone.fpn.inner_blocks.\1.'),
+            (re.compile(r'^neck\.fpn_convs\.(\d+)$'), fpn_conv)]
+
+
+def _conv_module_key(key: str, rules) -> Optional[str]:
+    """``<module>.conv.<leaf>`` / ``<module>.bn.<leaf>`` -> ``<new module>0.<leaf>`` / ``<new module>1.<leaf>``."""
+    m = _CONV_MODULE.match(key)
+    if m is None:
+        return None
+    for pattern, repl in rules:
+        if pattern.match(m['module']):
+            return f'{pattern.sub(repl, m["module"])}{"01"[m["part"] == "bn"]}.{m["leaf"]}'
+    return None
+
+
+def _background_first(t: torch.Tensor) -> torch.Tensor:
+    """mmdet's class scores ``[0..K-1, background]`` -> torchvision's ``[background, 0..K-1]``."""
+    return torch.cat([t[-1:], t[:-1]])
+
+
+def _with_background_slot(t: torch.Tensor, per: int, groups: int = 1, fill: float = 0.) -> torch.Tensor:
+    """Prepend a background slot of ``per`` rows (filled with ``fill``) to each of ``groups`` groups of rows."""
+    g = t.reshape(groups, -1, *t.shape[1:])
+    pad = g.new_full((groups, per, *t.shape[1:]), fill)
+    return torch.cat([pad, g], dim=1).reshape(-1, *t.shape[1:])
+
+
+#: The background logit of a converted RetinaNet: never above the score threshold (sigmoid(-1e4) = 0).
+BACKGROUND_LOGIT = -1e4
+
+
+def convert_reference_detector(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
+    """A reference mmdet Mask R-CNN or RetinaNet state dict in the layout of ``model`` (this project's torchvision
+    detector on the GPViT adapter).
+
+    Class order: mmdet's box classifier is ``[80 classes, background]`` and its box regressor and mask logits
+    have no background slot; torchvision's has the background first (label 0), so class ``k`` of mmdet is label
+    ``k + 1`` here. The background slots of the box regressor and mask logits are zeros (never used at test
+    time); RetinaNet's sigmoid classifier gets a background logit of :data:`BACKGROUND_LOGIT` per anchor (it
+    never passes the score threshold). Anchors: both orders are ratio-major, scale-minor per location, and both
+    raw outputs are ``(anchor, value)`` along channels, so the RPN / RetinaNet convs convert without a
+    permutation.
+    """
+    body = getattr(getattr(model, 'backbone', None), 'body', None)
+    if not hasattr(body, 'interaction_indexes'):
+        raise CheckpointError(f'a reference mmdet GPViT detector checkpoint cannot load into a '
+                              f'{type(model).__name__}; build a GPViT detector (gpvit_l1_maskrcnn_1x, '
+                              f'gpvit_l1_retinanet_1x, ...)')
+    two_stage = hasattr(model, 'roi_heads')
+    theirs = 'Mask R-CNN' if 'rpn_head.rpn_conv.weight' in state_dict else 'RetinaNet'
+    if (theirs == 'Mask R-CNN') != two_stage:
+        raise CheckpointError(f'reference checkpoint: it is a {theirs}, the model a {type(model).__name__}; build '
+                              f"'{'gpvit_l1_maskrcnn_1x' if theirs == 'Mask R-CNN' else 'gpvit_l1_retinanet_1x'}' "
+                              f'(or the L2-L4 / 3x recipe it was trained with)')
+    out = _convert_adapter_backbone(state_dict, body)
+    n_fpn_inputs = len(model.backbone.fpn.inner_blocks)
+    fpn_rules = _fpn_rules(n_fpn_inputs)
+    box_fc = next(i for i, m in enumerate(model.roi_heads.box_head) if isinstance(m, nn.Linear)) if two_stage else 0
+    conv_rules = [
+        (re.compile(r'^roi_head\.bbox_head\.shared_convs\.(\d+)$'), r'roi_heads.box_head.\1.'),
+        (re.compile(r'^roi_head\.mask_head\.convs\.(\d+)$'), r'roi_heads.mask_head.\1.'),
+        (re.compile(r'^bbox_head\.cls_convs\.(\d+)$'), r'head.classification_head.conv.\1.'),
+        (re.compile(r'^bbox_head\.reg_convs\.(\d+)$'), r'head.regression_head.conv.\1.'),
+    ]
+    plain = {
+        'rpn_head.rpn_conv.': 'rpn.head.conv.0.0.',
+        'rpn_head.rpn_cls.': 'rpn.head.cls_logits.',
+        'rpn_head.rpn_reg.': 'rpn.head.bbox_pred.',
+        'roi_head.bbox_head.shared_fcs.0.': f'roi_heads.box_head.{box_fc}.',
+        'roi_head.mask_head.upsample.': 'roi_heads.mask_predictor.conv5_mask.',
+        'bbox_head.retina_reg.': 'head.regression_head.bbox_reg.',
+    }
+    num_anchors = model.head.classification_head.num_anchors if not two_stage else 0
+    for key, value in state_dict.items():
+        if key.startswith('backbone.'):
+            continue
+        new = _conv_module_key(key, fpn_rules + conv_rules)
+        if new is None:
+            prefix = next((p for p in plain if key.startswith(p)), None)
+            if prefix is not None:
+                new = plain[prefix] + key[len(prefix):]
+            elif key.startswith('roi_head.bbox_head.fc_cls.'):
+                new, value = 'roi_heads.box_predictor.cls_score.' + key.rsplit('.', 1)[1], _background_first(value)
+            elif key.startswith('roi_head.bbox_head.fc_reg.'):
+                new = 'roi_heads.box_predictor.bbox_pred.' + key.rsplit('.', 1)[1]
+                value = _with_background_slot(value, 4)
+            elif key.startswith('roi_head.mask_head.conv_logits.'):
+                new = 'roi_heads.mask_predictor.mask_fcn_logits.' + key.rsplit('.', 1)[1]
+                value = _with_background_slot(value, 1)
+            elif key.startswith('bbox_head.retina_cls.'):
+                leaf = key.rsplit('.', 1)[1]
+                new = 'head.classification_head.cls_logits.' + leaf
+                value = _with_background_slot(value, 1, num_anchors, BACKGROUND_LOGIT if leaf == 'bias' else 0.)
+            else:
+                new = key  # named by check_fits as unexpected
+        out[new] = value
+    return out
