@@ -135,3 +135,18 @@ def test_detector_checkpoint_into_the_other_detector(maskrcnn):
         gpvit.create_model('gpvit_l1_retinanet_1x', checkpoint=sd)
     with pytest.raises(CheckpointError, match='cannot load into a Segmentor'):
         gpvit.create_model('gpvit_l1_upernet', checkpoint=sd)
+
+
+# Published parameter counts (M), GPViT paper, L1-L4.
+PUBLISHED_M = {'maskrcnn': (33, 50, 64, 109), 'retinanet': (21, 37, 52, 96)}
+
+
+@pytest.mark.parametrize('schedule', ['1x', '3x'])
+@pytest.mark.parametrize('family', ['maskrcnn', 'retinanet'])
+@pytest.mark.parametrize('level', [1, 2, 3, 4])
+def test_param_count_published(family, level, schedule):
+    """Every detector recipe, less torchvision's background slot, is the published size."""
+    with torch.device('meta'):
+        model = gpvit.create_model(f'gpvit_l{level}_{family}_{schedule}')
+    count = sum(p.numel() for p in model.parameters()) - BACKGROUND_PARAMS[family]
+    assert abs(count / 1e6 - PUBLISHED_M[family][level - 1]) < 1
