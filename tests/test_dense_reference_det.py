@@ -9,6 +9,7 @@ from fill import fill, load_manifest
 import gpvit
 from gpvit.dense.reference import BACKGROUND_LOGIT
 from gpvit.errors import CheckpointError
+from gpvit.factory import recipe_model
 
 DENSE = 'dense'
 # torchvision's background slot: the box regressor's 4 rows (+ biases) and the mask logits' one channel
@@ -150,3 +151,33 @@ def test_param_count_published(family, level, schedule):
         model = gpvit.create_model(f'gpvit_l{level}_{family}_{schedule}')
     count = sum(p.numel() for p in model.parameters()) - BACKGROUND_PARAMS[family]
     assert abs(count / 1e6 - PUBLISHED_M[family][level - 1]) < 1
+
+
+WIDTH = {1: 216, 2: 348, 3: 432, 4: 624}
+
+
+def _scaled_layout(golden_dir, family, level):
+    """An L``level`` reference detector layout: the GPViT layers of that level's segmentation manifest (without
+    the final and per-level norms: ``final_norm=False``), the L1 adapter / neck / heads with the width 216 (and
+    the ConvFFN hidden 216 / 4) replaced by the level's."""
+    vit = [(k, s) for k, s in load_manifest(golden_dir / f'gpvit_l{level}_seg_manifest.json')
+           if not k.startswith(('backbone.ln1.', 'backbone.norm'))]
+    l1 = load_manifest(golden_dir / DENSE / f'gpvit_l1_{family}_manifest.json')
+    vit_keys = {k for k, _ in load_manifest(golden_dir / 'gpvit_l1_seg_manifest.json')}
+    w = WIDTH[level]
+    scale = {216: w, 54: w // 4}
+    rest = [(k, tuple(scale.get(d, d) for d in s)) for k, s in l1 if k not in vit_keys]
+    return fill(vit + rest, seed=0)
+
+
+@pytest.mark.parametrize('family', ['maskrcnn', 'retinanet'])
+@pytest.mark.parametrize('level', [2, 3, 4])
+def test_reference_layout_other_level_loads(golden_dir, family, level):
+    sd = _scaled_layout(golden_dir, family, level)
+    model = gpvit.create_model(f'gpvit_l{level}_{family}_1x', checkpoint={'meta': {}, 'state_dict': sd})
+    body = model.backbone.body
+    assert torch.equal(body.backbone.blocks[0].attn.qkv.weight, sd['backbone.layers.0.qkv.weight'])
+    assert torch.equal(body.extractors[5].ffn.dwconv.weight,
+                       sd['backbone.interactions.3.extra_extractors.1.ffn.dwconv.dwconv.weight'])
+    dpr = recipe_model(f'gpvit_l{level}_{family}_1x')[1]['drop_path_rate']
+    assert all(ex.drop_path.drop_prob == dpr for ex in body.extractors)  # the backbone's drop path rate
