@@ -101,3 +101,15 @@ def test_reference_mismatch_names_the_key(golden_dir):
     with pytest.raises(CheckpointError, match=r'decode_head.classifier.weight \(150, 256, 1, 1\) vs model '
                                               r'\(19, 256, 1, 1\)'):
         gpvit.create_model('gpvit_l1_segformer', num_classes=19, checkpoint=sd)
+
+
+def test_gpvit_convert_writes_the_whole_segmentor(golden_dir, tmp_path, capsys):
+    from gpvit.cli import main as cli_main
+    sd, ref = _reference(golden_dir, 'segformer')
+    torch.save({'meta': {}, 'state_dict': sd}, tmp_path / 'gpvit_l1_segformer.pth')
+    assert cli_main(['convert', str(tmp_path / 'gpvit_l1_segformer.pth'), str(tmp_path / 'seg.safetensors')]) == 0
+    assert 'segformer' in capsys.readouterr().out
+    model = gpvit.create_model('segformer', checkpoint=tmp_path / 'seg.safetensors').eval()  # settings travel
+    assert model.backbone.out_indices == (2, 5, 8, 11) and model.num_classes == 150
+    with torch.no_grad():
+        assert _close(model.decode_head(model.backbone(ref['input'])), ref['decode_logits'])

@@ -47,11 +47,11 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CheckpointError
-from ..models.factory import FAMILIES
+from ..models.factory import FAMILIES, identify
 from .heads import FCNHead, SegFormerHead, UperNetHead
 
-__all__ = ['reference_format', 'convert_reference_segmentor', 'convert_reference_detector', 'check_fits',
-           'BACKGROUND_LOGIT']
+__all__ = ['reference_format', 'reference_recipe', 'convert_reference_segmentor', 'convert_reference_detector',
+           'check_fits', 'BACKGROUND_LOGIT']
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -79,6 +79,20 @@ def reference_format(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     if 'rpn_head.rpn_conv.weight' in state_dict or 'bbox_head.retina_cls.weight' in state_dict:
         return 'mmdet'
     return None
+
+
+def reference_recipe(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The packaged recipe whose model a reference dense state dict fits (``'gpvit_l2_upernet'``,
+    ``'gpvit_l1_maskrcnn_1x'``: detectors get the 1x recipe, whose model is the 3x one's), else None."""
+    fmt = reference_format(state_dict)
+    if fmt is None:
+        return None
+    backbone, _, _ = identify({k: v for k, v in state_dict.items() if k.startswith('backbone.')})
+    if fmt == 'mmseg':
+        kind = 'upernet' if any(k.startswith('decode_head.psp_modules.') for k in state_dict) else 'segformer'
+    else:
+        kind = 'maskrcnn_1x' if 'rpn_head.rpn_conv.weight' in state_dict else 'retinanet_1x'
+    return f'{backbone}_{kind}'
 
 
 def _reference_head_name(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Optional[str]:
