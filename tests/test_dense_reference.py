@@ -113,3 +113,23 @@ def test_gpvit_convert_writes_the_whole_segmentor(golden_dir, tmp_path, capsys):
     assert model.backbone.out_indices == (2, 5, 8, 11) and model.num_classes == 150
     with torch.no_grad():
         assert _close(model.decode_head(model.backbone(ref['input'])), ref['decode_logits'])
+
+
+def test_gpvit_predict_with_a_reference_checkpoint(golden_dir, tmp_path, capsys):
+    """``gpvit predict --config gpvit_l1_segformer --checkpoint <reference release file>`` draws a label map."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from gpvit.cli import main as cli_main
+    sd, _ = _reference(golden_dir, 'segformer')
+    torch.save({'meta': {}, 'state_dict': sd}, tmp_path / 'gpvit_l1_segformer.pth')
+    image = tmp_path / 'image.png'
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype('uint8')).save(image)
+    ckpt = tmp_path / 'gpvit_l1_segformer.pth'
+    assert cli_main(['predict', '--config', 'gpvit_l1_segformer', '--checkpoint', str(ckpt), '--device', 'cpu',
+                     '--out', str(tmp_path / 'pred.png'), str(image)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary['task'] == 'segmentation' and summary['classes']
+    assert np.array(Image.open(tmp_path / 'pred.png')).shape[:2] == (64, 96)
