@@ -8,7 +8,8 @@ _FORMATS = {'.safetensors': 'safetensors', '.pth': 'torch', '.pt': 'torch'}
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import atomic_save, read_checkpoint_file, save_safetensors
-    from ..factory import create_model
+    from ..dense.reference import reference_recipe
+    from ..factory import create_model, recipe_model
     from ..models import model_args
     src, dst = Path(args.src), Path(args.dst)
     fmt = _FORMATS.get(dst.suffix)
@@ -19,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     if dst.exists() and not args.force:
         raise ValueError(f'DST: {dst} exists; pass --force to overwrite it')
     ckpt = read_checkpoint_file(src, use_ema=args.use_ema, weights_only=not args.unsafe_pickle)
-    name, kwargs = model_args(ckpt)
+    recipe = reference_recipe(ckpt.state_dict)
+    # a reference segmentor or detector: its recipe's whole model; anything else: the classifier it holds
+    name, kwargs = recipe_model(recipe) if recipe is not None else model_args(ckpt)
     model = create_model(name, checkpoint=ckpt, **kwargs)
     # The model's settings travel with the weights, so a model other than a registered variant's defaults (another
     # width or img_size, a trained one) is rebuilt as it is: gpvit.create_model(name, checkpoint=DST).
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('convert', help="write any supported checkpoint in this project's layout",
                        description='Detects the model family, variant and layout of SRC (reference release, '
-                                   'detector/segmentor backbone, mmpretrain port, timm, training checkpoint), '
+                                   'whole reference segmentor/detector, mmpretrain port, timm, training checkpoint), '
                                    'loads it into the matching model to check it, and writes DST: a safetensors '
                                    'file (.safetensors) or a plain state dict (.pth / .pt), by its extension.')
     p.add_argument('src', help='checkpoint to convert')

@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint_file
 from .backbone import DenseBackbone, build_dense_body, default_out_indices
 from .detectors import GPViTMaskRCNN, GPViTRetinaNet, mask_rcnn, retinanet
+from .reference import check_fits, convert_reference_detector, convert_reference_segmentor, reference_format
 from .segmentor import Segmentor, segformer, upernet
 
 __all__ = ['DENSE_MODELS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone', 'Segmentor',
@@ -31,19 +32,17 @@ DENSE_MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 def load_dense_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping, Checkpoint],
                           use_ema: bool = False, weights_only: bool = True) -> nn.Module:
-    """Load a whole-model checkpoint of this project (training checkpoint, ``best.pth``, plain or safetensors
-    state dict) into a dense ``model``; anything that does not fit raises a :class:`CheckpointError` naming the
-    first missing and unexpected keys, and nothing is loaded."""
+    """Load a whole-model checkpoint into a dense ``model``: one of this project (training checkpoint,
+    ``best.pth``, plain or safetensors state dict) or a reference release file (mmseg segmentors,
+    :mod:`gpvit.dense.reference`); the format is detected from the keys. Anything that does not fit raises a
+    :class:`CheckpointError` naming the first missing and unexpected keys, and nothing is loaded."""
     state_dict = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only).state_dict
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f'checkpoint does not fit this {type(model).__name__}: {len(missing)} missing keys (first '
-            f'{missing[:8]}), {len(unexpected)} unexpected (first {unexpected[:8]}), {len(shapes)} of another '
-            f'shape (first {shapes[:8]}); build the model with the settings it was trained with')
+    what = 'checkpoint'
+    if reference_format(state_dict) == 'mmseg':
+        state_dict, what = convert_reference_segmentor(state_dict, model), 'reference mmseg checkpoint'
+    elif reference_format(state_dict) == 'mmdet':
+        state_dict, what = convert_reference_detector(state_dict, model), 'reference mmdet checkpoint'
+    check_fits(model, state_dict, what)
     model.load_state_dict(state_dict, strict=False)
     return model
 

@@ -12,8 +12,8 @@ Written from the ViT-Adapter paper (Chen et al., ICLR 2023) and the GPViT detect
   3. extractor: SPM tokens query the GPViT tokens with 1-level deformable attention, then a ConvFFN (hidden
      C/4, a depthwise 3x3 conv on each level's map); the last interaction has two extra extractors;
 
-* **outputs**: s4 = ConvTranspose(c2) + c1 + 2x up(x1), s8 = c2 + x2, s16 = c3 + down2(x3), s32 = c4 + down4(x4),
-  where x_i is the GPViT map after interaction i (bilinear resampling), each through a BatchNorm
+* **outputs**: s4 = ConvTranspose(c2) + c1 + 2x up(x), s8 = c2 + x, s16 = c3 + down2(x), s32 = c4 + down4(x),
+  where x is the final GPViT map (after the last interaction; bilinear resampling), each through a BatchNorm
   (``model.sync_bn`` makes them SyncBatchNorm). RetinaNet uses s8..s32 only (``with_s4=False``).
 
 Deformable attention is the pure-PyTorch :class:`~gpvit.dense.ms_deform_attn.MSDeformAttn` (6 heads, 4 points).
@@ -156,7 +156,8 @@ class GPViTAdapter(nn.Module):
             raise ValueError(f'the adapter has 4 interactions (one per output level), got {interaction_indexes}')
         flat = [i for pair in interaction_indexes for i in pair]
         if flat[0] != 0 or flat[-1] != depth - 1 or any(b < a for a, b in interaction_indexes) or any(
-                interaction_indexes[k + 1][0] != interaction_indexes[k][1] + 1 for k in range(len(interaction_indexes) - 1)):
+                interaction_indexes[k + 1][0] != interaction_indexes[k][1] + 1
+                for k in range(len(interaction_indexes) - 1)):
             raise ValueError(f'interaction_indexes {interaction_indexes} must split blocks 0..{depth - 1} into '
                              f'consecutive ranges')
         # Only the blocks, the stem and the position embedding are used (the reference's final_norm=False).
@@ -231,7 +232,6 @@ class GPViTAdapter(nn.Module):
         ref_vit = reference_points([(h, w)], dev).unsqueeze(2).expand(1, h * w, 3, 2).expand(B, -1, -1, -1)
         ref_spm = reference_points(shapes, dev).unsqueeze(2).expand(B, -1, -1, -1)
 
-        outs = []
         n = len(self.interaction_indexes)
         for k, (first, last) in enumerate(self.interaction_indexes):
             tokens = self.injectors[k](x.reshape(B, h * w, -1), ref_vit, c, spatial_spm)
@@ -242,15 +242,14 @@ class GPViTAdapter(nn.Module):
             extractors = [self.extractors[k]] + (list(self.extractors[n:]) if k == n - 1 else [])
             for ex in extractors:
                 c = ex(c, ref_spm, tokens, spatial_vit, shapes)
-            outs.append(x.permute(0, 3, 1, 2))
 
         c2, c3, c4 = [t.transpose(1, 2).reshape(B, self.dim, *s) for t, s in zip(
             c.split([a * b for a, b in shapes], dim=1), shapes)]
-        x1, x2, x3, x4 = outs[0], outs[1], outs[2], outs[-1]
-        levels = [c2 + x2,
-                  c3 + F.interpolate(x3, size=c3.shape[-2:], mode='bilinear', align_corners=False),
-                  c4 + F.interpolate(x4, size=c4.shape[-2:], mode='bilinear', align_corners=False)]
+        x = x.permute(0, 3, 1, 2)  # the final GPViT map, resampled, goes to every level (the reference GPViTAdapter)
+        levels = [c2 + x,
+                  c3 + F.interpolate(x, size=c3.shape[-2:], mode='bilinear', align_corners=False),
+                  c4 + F.interpolate(x, size=c4.shape[-2:], mode='bilinear', align_corners=False)]
         if self.with_s4:
-            s4 = self.up(c2) + c1 + F.interpolate(x1, size=c1.shape[-2:], mode='bilinear', align_corners=False)
+            s4 = self.up(c2) + c1 + F.interpolate(x, size=c1.shape[-2:], mode='bilinear', align_corners=False)
             levels.insert(0, s4)
         return [norm(f) for norm, f in zip(self.out_norms, levels)]

@@ -95,4 +95,6 @@ def build_dense_body(backbone: str, with_s4: bool, backbone_checkpoint: Optional
         body = create_model(backbone, checkpoint=backbone_checkpoint, use_ema=backbone_use_ema, **args)
     else:
         body = create_model(backbone, **args)
-    return GPViTAdapter(body, with_s4=with_s4, **(adapter_kwargs or {}))
+    # The extractors' ConvFFNs get the backbone's drop path rate, as in the reference, unless set apart.
+    adapter_kwargs = {'drop_path_rate': kwargs.get('drop_path_rate', 0.), **(adapter_kwargs or {})}
+    return GPViTAdapter(body, with_s4=with_s4, **adapter_kwargs)

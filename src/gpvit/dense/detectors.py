@@ -1,12 +1,15 @@
 """COCO detectors from torchvision around GPViT (through the ViT-Adapter) or GC ViT (its four stage maps).
 
 * ``mask_rcnn``: torchvision :class:`~torchvision.models.detection.MaskRCNN` on an FPN (256 channels, BatchNorm,
-  LastLevelMaxPool: P2-P6) over the s4..s32 maps; RPN anchors 32..512 with ratios 0.5/1/2; RoIAlign with
-  adaptive sampling (``sampling_ratio=0``, as mmdet); the box head is 4 conv (BatchNorm) + 1 fc (mmdet's
-  ``Shared4Conv1FCBBoxHead``), the mask head 4 convs.
+  LastLevelMaxPool: P2-P6) over the s4..s32 maps; RPN anchors 32..512 with ratios 0.5/1/2 (mmdet's, not rounded);
+  RoIAlign as mmdet's (level ``floor(log2(sqrt(wh) / 56))``, ``aligned=True``, ``sampling_ratio=0``); the box
+  head is 4 conv (BatchNorm) + 1 fc (mmdet's ``Shared4Conv1FCBBoxHead``), the mask head 4 convs.
 * ``retinanet``: torchvision :class:`~torchvision.models.detection.RetinaNet` on an FPN (BatchNorm) over the
-  s8..s32 maps plus P6/P7 computed from P5's output (``add_extra_convs='on_output'``): focal loss (2, 0.25),
-  L1 box loss, anchors 32..512 with 3 scales per octave.
+  s8..s32 maps plus P6/P7 computed from P5's output (``add_extra_convs='on_output'``: 3x3/2 conv + BatchNorm,
+  no ReLU between): focal loss (2, 0.25), L1 box loss, anchors 32..512 with 3 scales per octave (not rounded),
+  100 detections per image (the reference test config).
+
+The reference's mmdet checkpoints load into both (:mod:`gpvit.dense.reference`).
 
 Both are plain builders (the backbone is an argument), also reached through
 ``gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81, backbone_checkpoint='gpvit_l1.pth')``.
@@ -18,23 +21,103 @@ resizing and crops); at evaluation the detector resizes (short side ``min_size``
 pad batches to multiples of 32.
 """
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign, roi_align
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
 from .backbone import build_dense_body
 
-__all__ = ['FPNBackbone', 'GPViTMaskRCNN', 'GPViTRetinaNet', 'mask_rcnn', 'retinanet']
+__all__ = ['FPNBackbone', 'LastLevelP6P7Conv', 'LevelRoIAlign', 'ExactAnchorGenerator', 'rpn_anchors',
+           'retinanet_anchors', 'GPViTMaskRCNN', 'GPViTRetinaNet', 'mask_rcnn', 'retinanet']
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class LastLevelP6P7Conv(ExtraFPNBlock):
+    """P6 = 3x3/2 conv (+ norm) on the FPN output P5, P7 = the same on P6, no activation in between: mmdet's
+    ``FPN(add_extra_convs='on_output', relu_before_extra_convs=False)`` (torchvision's ``LastLevelP6P7`` puts a
+    ReLU before P7)."""
+
+    def __init__(self, channels: int, norm_layer: Optional[type] = None):
+        super().__init__()
+        self.p6 = Conv2dNormActivation(channels, channels, 3, 2, norm_layer=norm_layer, activation_layer=None)
+        self.p7 = Conv2dNormActivation(channels, channels, 3, 2, norm_layer=norm_layer, activation_layer=None)
+
+    def forward(self, results: List[torch.Tensor], x: List[torch.Tensor], names: List[str]
+                ) -> Tuple[List[torch.Tensor], List[str]]:
+        p6 = self.p6(results[-1])
+        return results + [p6, self.p7(p6)], names + ['p6', 'p7']
+
+
+class LevelRoIAlign(MultiScaleRoIAlign):
+    """RoIAlign of each box on one FPN level, as mmdet's ``SingleRoIExtractor``: level
+    ``floor(log2(sqrt(w * h) / finest_scale + 1e-6))`` clamped to the levels, ``aligned=True`` (half-pixel
+    offset), ``spatial_scale = 1 / stride``. A drop-in for torchvision's ``MultiScaleRoIAlign``, which maps levels
+    with ``canonical_scale=224`` and the epsilon outside the log, and samples with ``aligned=False``."""
+
+    def __init__(self, featmap_names: Sequence[str], strides: Sequence[int], output_size: int,
+                 sampling_ratio: int = 0, finest_scale: int = 56):
+        super().__init__(list(featmap_names), output_size, sampling_ratio)
+        if len(featmap_names) != len(strides):
+            raise ValueError(f'featmap_names {featmap_names} and strides {strides} differ in length')
+        self.strides = list(strides)
+        self.roi_size = output_size
+        self.finest_scale = finest_scale
+
+    def levels(self, rois: torch.Tensor) -> torch.Tensor:
+        """The level index of each RoI ``(K, 5)`` (``[batch, x1, y1, x2, y2]``)."""
+        scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        return torch.floor(torch.log2(scale / self.finest_scale + 1e-6)).clamp(0, len(self.strides) - 1).long()
+
+    def pool_rois(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """RoI features ``(K, C, S, S)`` of ``rois`` ``(K, 5)`` from the maps ``features`` (finest first)."""
+        levels = self.levels(rois)
+        size = self.roi_size
+        out = features[0].new_zeros(rois.shape[0], features[0].shape[1], size, size)
+        for i, (feat, stride) in enumerate(zip(features, self.strides)):
+            idx = torch.nonzero(levels == i).squeeze(1)
+            if idx.numel():
+                out[idx] = roi_align(feat, rois[idx], size, 1.0 / stride, self.sampling_ratio,
+                                     aligned=True).to(out.dtype)
+        return out
+
+    def forward(self, x: Dict[str, torch.Tensor], boxes: List[torch.Tensor],  # type: ignore[override]
+                image_shapes: List[Tuple[int, int]]) -> torch.Tensor:
+        rois = torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)])
+        return self.pool_rois([x[n] for n in self.featmap_names], rois)
+
+
+class ExactAnchorGenerator(AnchorGenerator):
+    """torchvision's anchor grid with mmdet's base anchors: not rounded to integers (torchvision rounds them),
+    so sizes such as 32 * 2 ** (1/3) keep their fraction. Same order per location: ratio-major, size-minor."""
+
+    def generate_anchors(self, scales, aspect_ratios, dtype: torch.dtype = torch.float32,
+                         device: torch.device = torch.device('cpu')) -> torch.Tensor:
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = (scales[None, :] / h_ratios[:, None]).reshape(-1)
+        hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+
+def rpn_anchors() -> ExactAnchorGenerator:
+    """mmdet's RPN anchors: scale 8 x stride (32..512 on P2-P6), ratios 0.5 / 1 / 2."""
+    return ExactAnchorGenerator(tuple((8.0 * s,) for s in (4, 8, 16, 32, 64)), ((0.5, 1.0, 2.0),) * 5)
+
+
+def retinanet_anchors() -> ExactAnchorGenerator:
+    """mmdet's RetinaNet anchors: octave base scale 4, 3 scales per octave, ratios 0.5 / 1 / 2 on P3-P7."""
+    return ExactAnchorGenerator(tuple(tuple(4.0 * s * 2 ** (i / 3) for i in range(3)) for s in (8, 16, 32, 64, 128)),
+                                ((0.5, 1.0, 2.0),) * 5)
 
 
 class FPNBackbone(nn.Module):
@@ -47,7 +130,7 @@ class FPNBackbone(nn.Module):
         if extra == 'pool':
             extra_blocks = LastLevelMaxPool()
         elif extra == 'p6p7':
-            extra_blocks = LastLevelP6P7(out_channels, out_channels)  # from P5's output ('on_output')
+            extra_blocks = LastLevelP6P7Conv(out_channels, nn.BatchNorm2d if norm else None)  # on P5's output
         else:
             raise ValueError(f"extra must be 'pool' or 'p6p7', got {extra!r}")
         self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=extra_blocks,
@@ -97,11 +180,12 @@ def mask_rcnn(backbone: str = 'gpvit_l1', num_classes: int = 81, backbone_checkp
     box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [1024], norm_layer=nn.BatchNorm2d)
     mask_head = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1)
     levels = ['0', '1', '2', '3']  # RoIs pooled from P2-P5 (not the max-pooled P6), adaptive sampling as mmdet
-    box_roi_pool = MultiScaleRoIAlign(levels, 7, sampling_ratio=0)
-    mask_roi_pool = MultiScaleRoIAlign(levels, 14, sampling_ratio=0)
+    strides = [4, 8, 16, 32]
+    box_roi_pool = LevelRoIAlign(levels, strides, 7, sampling_ratio=0)
+    mask_roi_pool = LevelRoIAlign(levels, strides, 14, sampling_ratio=0)
     model = GPViTMaskRCNN(fpn, None, min_size=min_size, max_size=max_size, image_mean=IMAGENET_MEAN,
-                          image_std=IMAGENET_STD, box_roi_pool=box_roi_pool, box_head=box_head,
-                          mask_roi_pool=mask_roi_pool, mask_head=mask_head,
+                          image_std=IMAGENET_STD, rpn_anchor_generator=rpn_anchors(), box_roi_pool=box_roi_pool,
+                          box_head=box_head, mask_roi_pool=mask_roi_pool, mask_head=mask_head,
                           box_predictor=FastRCNNPredictor(1024, num_classes),
                           mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
                           **{'rpn_post_nms_top_n_train': 1000, **(detector_kwargs or {})})
@@ -118,6 +202,7 @@ def retinanet(backbone: str = 'gpvit_l1', num_classes: int = 81, backbone_checkp
     body = build_dense_body(backbone, False, backbone_checkpoint, backbone_use_ema, adapter_kwargs, **kwargs)
     fpn = FPNBackbone(body, body.out_channels, fpn_channels, 'p6p7')
     model = GPViTRetinaNet(fpn, num_classes, min_size=min_size, max_size=max_size, image_mean=IMAGENET_MEAN,
-                           image_std=IMAGENET_STD, **(detector_kwargs or {}))
+                           image_std=IMAGENET_STD, anchor_generator=retinanet_anchors(),
+                           **{'detections_per_img': 100, **(detector_kwargs or {})})
     model.transform = _Transform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     return model

@@ -11,8 +11,9 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops import Conv2dNormActivation
 
-__all__ = ['ConvNormAct', 'PyramidPooling', 'UperNetHead', 'FCNHead', 'SegFormerHead']
+__all__ = ['conv_bn_relu', 'PyramidPooling', 'UperNetHead', 'FCNHead', 'SegFormerHead']
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -21,16 +22,12 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
-class ConvNormAct(nn.Sequential):
-    """Conv (no bias) + BatchNorm + ReLU, Kaiming-initialised (fan out) as the reference's ConvModule."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-        nn.init.kaiming_normal_(self[0].weight, mode='fan_out', nonlinearity='relu')
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> Conv2dNormActivation:
+    """Conv (no bias) + BatchNorm + ReLU (torchvision's ``Conv2dNormActivation``: state-dict keys ``0.*``, ``1.*``),
+    Kaiming-initialised (fan out) as the reference's ConvModule."""
+    block = Conv2dNormActivation(in_channels, out_channels, kernel_size)
+    nn.init.kaiming_normal_(block[0].weight, mode='fan_out', nonlinearity='relu')
+    return block
 
 
 class _ClassifierMixin:
@@ -47,7 +44,7 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, channels: int, pool_scales: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(in_channels, channels, 1)) for s in pool_scales)
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(in_channels, channels, 1)) for s in pool_scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -68,10 +65,10 @@ class UperNetHead(nn.Module, _ClassifierMixin):
         super().__init__()
         in_channels = list(in_channels)
         self.ppm = PyramidPooling(in_channels[-1], channels, pool_scales)
-        self.ppm_bottleneck = ConvNormAct(in_channels[-1] + len(pool_scales) * channels, channels, 3)
-        self.lateral_convs = nn.ModuleList(ConvNormAct(c, channels, 1) for c in in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(ConvNormAct(channels, channels, 3) for _ in in_channels[:-1])
-        self.fpn_bottleneck = ConvNormAct(len(in_channels) * channels, channels, 3)
+        self.ppm_bottleneck = conv_bn_relu(in_channels[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(conv_bn_relu(channels, channels, 3) for _ in in_channels[:-1])
+        self.fpn_bottleneck = conv_bn_relu(len(in_channels) * channels, channels, 3)
         self._init_classifier(channels, num_classes, dropout)
 
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +89,7 @@ class FCNHead(nn.Module, _ClassifierMixin):
                  in_index: int = -1, dropout: float = 0.1):
         super().__init__()
         self.in_index = in_index
-        self.convs = nn.Sequential(*[ConvNormAct(in_channels if i == 0 else channels, channels, 3)
+        self.convs = nn.Sequential(*[conv_bn_relu(in_channels if i == 0 else channels, channels, 3)
                                      for i in range(num_convs)])
         self._init_classifier(channels if num_convs else in_channels, num_classes, dropout)
 
@@ -112,10 +109,10 @@ class SegFormerHead(nn.Module, _ClassifierMixin):
                  proj_norm: bool = True):
         super().__init__()
         if proj_norm:
-            self.proj = nn.ModuleList(ConvNormAct(c, channels, 1) for c in in_channels)
+            self.proj = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels)
         else:
             self.proj = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.fuse = ConvNormAct(len(in_channels) * channels, channels, 1)
+        self.fuse = conv_bn_relu(len(in_channels) * channels, channels, 1)
         self._init_classifier(channels, num_classes, dropout)
 
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
