@@ -10,6 +10,9 @@ import torch
 
 import gpvit
 from gpvit import hub
+from gpvit.dense import PUBLISHED_WEIGHTS
+from gpvit.errors import CheckpointError
+from gpvit.factory import recipe_model
 from gpvit.hub import WeightsUnavailable
 
 from fill import fill, load_manifest
@@ -147,3 +150,41 @@ def test_no_published_weights():
     with pytest.raises(WeightsUnavailable, match='gc_vit_large_224_21k: no published weights to download; load a '
                                                  'local file with checkpoint=PATH'):
         gpvit.create_model('gc_vit_large_224_21k', pretrained=True)
+
+
+# -- dense recipes: the reference's whole-model release files ------------------------------------------------
+
+def test_dense_recipe_pretrained_downloads_the_whole_model(release, server, torch_home, golden_dir, monkeypatch):
+    """``create_model('gpvit_l1_upernet', pretrained=True)`` downloads the release file once, converts it and
+    computes the reference's function (golden decode logits)."""
+    httpd, base = server
+    sd = fill(load_manifest(golden_dir / 'dense' / 'gpvit_l1_upernet_manifest.json'), seed=0)
+    torch.save({'meta': {'CLASSES': None}, 'state_dict': sd}, release[0] / 'gpvit_l1_upernet.pth')
+    monkeypatch.setitem(PUBLISHED_WEIGHTS, 'gpvit_l1_upernet', f'{base}/gpvit_l1_upernet.pth')
+    ref = torch.load(golden_dir / 'dense' / 'gpvit_l1_upernet_seed0.pt')
+    for _ in range(2):  # downloaded, then from the cache
+        model = gpvit.create_model('gpvit_l1_upernet', pretrained=True).eval()
+        with torch.no_grad():
+            logits = model.decode_head(model.backbone(ref['input']))
+        err = (logits - ref['decode_logits']).abs().max().item()
+        assert err <= 1e-4 * max(1.0, ref['decode_logits'].abs().max().item())
+    assert httpd.requests.count('/gpvit_l1_upernet.pth') == 1
+    assert _cache_files(torch_home) == ['gpvit_l1_upernet.pth']
+    with pytest.raises(ValueError, match='pretrained=True or checkpoint=, not both'):
+        gpvit.create_model('gpvit_l1_upernet', pretrained=True, checkpoint=release[0] / 'gpvit_l1_upernet.pth')
+
+
+def test_dense_pretrained_without_published_weights_is_a_named_error():
+    with pytest.raises(CheckpointError, match='gc_vit_tiny_upernet: the reference published no weights'):
+        gpvit.create_model('gc_vit_tiny_upernet', pretrained=True)
+    with pytest.raises(CheckpointError, match="upernet: pretrained=True needs a recipe's name"):
+        gpvit.create_model('upernet', backbone='gpvit_l1', pretrained=True)
+
+
+def test_published_dense_weights_are_the_release_files_of_packaged_recipes():
+    names = {f'gpvit_l{i}_{kind}' for i in (1, 2, 3, 4) for kind in
+             ('upernet', 'segformer', 'maskrcnn_1x', 'maskrcnn_3x', 'retinanet_1x', 'retinanet_3x')}
+    assert set(PUBLISHED_WEIGHTS) == names
+    for name, url in PUBLISHED_WEIGHTS.items():
+        assert url == f'https://github.com/ChenhongyiYang/GPViT/releases/download/v0.0.1/{name}.pth'
+        assert recipe_model(name) is not None, name  # a packaged recipe builds the model the file fits

@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch.nn as nn
 import yaml
 
-from .checkpoint import Checkpoint
-from .dense import DENSE_MODELS, create_dense_model
+from .checkpoint import Checkpoint, CheckpointError
+from .dense import DENSE_MODELS, PUBLISHED_WEIGHTS, create_dense_model
+from .hub import load_weights
 from .models import create_model as create_classifier
 from .models import list_models
 
@@ -30,6 +31,14 @@ def recipe_model(name: str) -> Optional[Tuple[str, Dict[str, Any]]]:
             if model.get('name') in DENSE_MODELS:
                 return model['name'], dict(model.get('kwargs') or {})
     return None
+
+
+def _published(recipe: str) -> str:
+    if recipe not in PUBLISHED_WEIGHTS:
+        raise CheckpointError(f'{recipe}: the reference published no weights for this recipe (only for the GPViT '
+                              f'L1-L4 UperNet, SegFormer, Mask R-CNN and RetinaNet recipes, '
+                              f'gpvit.dense.PUBLISHED_WEIGHTS); pass checkpoint=PATH')
+    return PUBLISHED_WEIGHTS[recipe]
 
 
 def list_dense_models() -> List[str]:
@@ -56,13 +65,20 @@ def create_model(
             or a reference release file (mmseg segmentors; :mod:`gpvit.dense.reference`).
         use_ema: load the EMA weights of a checkpoint that has them.
         weights_only: refuse pickled objects other than tensors and plain containers.
-        **kwargs: the model's arguments (``num_classes``, ``drop_path_rate``, ``pretrained``, ...).
+        **kwargs: the model's arguments (``num_classes``, ``drop_path_rate``, ...). ``pretrained=True``: a
+            classifier's published ImageNet weights, or a dense recipe's published whole-model weights
+            (:data:`gpvit.dense.PUBLISHED_WEIGHTS`, the reference's release files), downloaded once into the
+            torch hub cache.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or does not fit the model.
     """
     recipe = recipe_model(model_name) if model_name not in DENSE_MODELS else None
     if recipe is not None:
+        if kwargs.pop('pretrained', False):
+            if checkpoint is not None:
+                raise ValueError(f'{model_name}: pass pretrained=True or checkpoint=, not both')
+            checkpoint = load_weights(_published(model_name))
         model_name, kwargs = recipe[0], {**recipe[1], **kwargs}
     if model_name in DENSE_MODELS:
         return create_dense_model(model_name, checkpoint, use_ema=use_ema, weights_only=weights_only, **kwargs)

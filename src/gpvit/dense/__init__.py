@@ -18,7 +18,8 @@ from .detectors import GPViTMaskRCNN, GPViTRetinaNet, mask_rcnn, retinanet
 from .reference import check_fits, convert_reference_detector, convert_reference_segmentor, reference_format
 from .segmentor import Segmentor, segformer, upernet
 
-__all__ = ['DENSE_MODELS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone', 'Segmentor',
+__all__ = ['DENSE_MODELS', 'PUBLISHED_WEIGHTS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone',
+           'Segmentor',
            'GPViTMaskRCNN', 'GPViTRetinaNet', 'build_dense_body', 'default_out_indices']
 
 #: Dense model name -> builder.
@@ -27,6 +28,15 @@ DENSE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     'segformer': segformer,
     'mask_rcnn': mask_rcnn,
     'retinanet': retinanet,
+}
+
+_RELEASE = 'https://github.com/ChenhongyiYang/GPViT/releases/download/v0.0.1/'
+#: Packaged dense recipe name -> URL of the reference's published whole-model weights (GitHub release v0.0.1 of
+#: the official GPViT code; mmseg / mmdet layouts, converted on load). ``gpvit.create_model(name, pretrained=True)``.
+PUBLISHED_WEIGHTS: Dict[str, str] = {
+    f'gpvit_l{level}_{kind}': f'{_RELEASE}gpvit_l{level}_{kind}.pth'
+    for level in (1, 2, 3, 4)
+    for kind in ('upernet', 'segformer', 'maskrcnn_1x', 'maskrcnn_3x', 'retinanet_1x', 'retinanet_3x')
 }
 
 
@@ -54,14 +64,15 @@ def create_dense_model(name: str, checkpoint: Optional[Union[str, os.PathLike, M
 
     Raises:
         ValueError: an unknown name.
-        CheckpointError: the checkpoint does not fit; ``pretrained=True`` (no published whole-model weights
-            are wired up here: pass ``checkpoint=``, or ``backbone_checkpoint=`` for backbone weights).
+        CheckpointError: the checkpoint does not fit; ``pretrained=True`` (whole-model weights are published per
+            recipe: ``gpvit.create_model('gpvit_l1_upernet', pretrained=True)``, :data:`PUBLISHED_WEIGHTS`).
     """
     if name not in DENSE_MODELS:
         raise ValueError(f'unknown dense model {name!r}; known: {", ".join(DENSE_MODELS)}')
     if pretrained:
-        raise CheckpointError(f'{name}: no published weights are wired up for pretrained=True; pass checkpoint=PATH '
-                              f'(a checkpoint of this project), or backbone_checkpoint= for backbone weights')
+        raise CheckpointError(f"{name}: pretrained=True needs a recipe's name, whose published weights it loads "
+                              f"(gpvit.create_model('gpvit_l1_upernet', pretrained=True); `gpvit configs` lists "
+                              f"the recipes), or pass checkpoint=PATH")
     ckpt = None
     if checkpoint is not None:
         ckpt = read_checkpoint_file(checkpoint, use_ema=use_ema, weights_only=weights_only)
