@@ -27,6 +27,7 @@ _logger = logging.getLogger(__name__)
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_keys: Iterable[str] = (),
                  no_decay_from_model: bool = True, lr_mult: Optional[Dict[str, float]] = None) -> List[Dict]:
+    # not timm's param_groups_weight_decay: the recipes need per-name lr multipliers and extra no-decay keys
     """Split trainable parameters into (decay, no decay) x (lr multiplier) groups.
 
     Returns:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
+from timm.utils import unwrap_model
 
 from ..errors import CheckpointError, TrainingError
 from .config import Config, ConfigError, dump_config, to_dict
@@ -55,6 +56,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    # not timm's random_seed: numpy takes seeds below 2**32 only, and the per-update reseed of long runs exceeds it
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -71,11 +73,6 @@ def autocast_context(amp: str, device: torch.device, allow_cpu: bool = False):
         if not allow_cpu:
             return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, '_orig_mod', model)  # torch.compile
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _check_tensorboard(cfg: Config) -> None:
@@ -199,7 +196,7 @@ class _Trainer:
         self.overrides: List[Dict[str, Any]] = []  # --override changes applied on resume: key, old, new, step
         self.pending_record: Optional[Dict[str, Any]] = None  # a period saved before its evaluation ran
         self.history: List[Dict[str, Any]] = []
-        self.task.train_begin(_unwrap(self.model))
+        self.task.train_begin(unwrap_model(self.model))
         self._resume()
         if dist.is_main:
             (self.out / 'config.yaml').write_text(dump_config(cfg))
@@ -257,7 +254,7 @@ class _Trainer:
             self.scheduler.step_update(0)
             return
         path = state['_path']
-        model = _unwrap(self.model)
+        model = unwrap_model(self.model)
         try:
             model.load_state_dict(state['model'])
         except RuntimeError as e:
@@ -310,7 +307,7 @@ class _Trainer:
         rng = all_gather_object(get_rng_state())  # collective: every rank calls it
         state = {
             'format': FORMAT, 'version': 1,
-            'model': _unwrap(self.model).state_dict(),
+            'model': unwrap_model(self.model).state_dict(),
             'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict(),
             'scaler': self.scaler.state_dict(),
@@ -350,7 +347,7 @@ class _Trainer:
         if self.val_loader is None:
             return {}
         out = {}
-        models = [('val', _unwrap(self.model))]
+        models = [('val', unwrap_model(self.model))]
         if self.ema is not None and self.cfg.ema.eval and not self.cfg.ema.on_cpu:
             models.append(('val_ema', self.ema.module))
         for prefix, m in models:
@@ -381,7 +378,7 @@ class _Trainer:
         length = self.length
         per_epoch = length.per_epoch
         model = self.model
-        unwrapped = _unwrap(model)
+        unwrapped = unwrap_model(model)
         model.train()
         if t.eval_at_start and self.step == 0:
             m = self.evaluate()
@@ -468,7 +465,7 @@ class _Trainer:
         grad_norm = None
         if cfg.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(_unwrap(model).parameters(), cfg.optim.clip_grad).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(unwrap_model(model).parameters(), cfg.optim.clip_grad).item()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -537,7 +534,7 @@ class _Trainer:
             return
         from timm.utils import distribute_bn
         reduce = self.cfg.train.dist_bn == 'reduce'
-        distribute_bn(_unwrap(self.model), self.dist.world_size, reduce)
+        distribute_bn(unwrap_model(self.model), self.dist.world_size, reduce)
         if self.ema is not None and not self.cfg.ema.on_cpu:
             distribute_bn(self.ema.module, self.dist.world_size, reduce)
 
@@ -555,7 +552,7 @@ class _Trainer:
                 _logger.info('best %s %.4f at epoch %d (update %d): %s', self.best['metric'], self.best['value'],
                              self.best['epoch'], self.best['step'], self.ckpt.best)
         self.metrics.close()
-        return TrainResult(model=_unwrap(self.model), ema=self.ema.module if self.ema is not None else None,
+        return TrainResult(model=unwrap_model(self.model), ema=self.ema.module if self.ema is not None else None,
                            history=self.history, best=self.best, output_dir=self.out, step=self.step, epoch=self.epoch)
 
     def close(self) -> None:

@@ -238,6 +238,7 @@ class ClassificationTask(ModelTask):
                 continue
             images, targets = self._to_device(batch)
             logits = model(images).float()
+            # counts, not timm's accuracy(): the shards' counts are summed over processes before dividing
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             hit = top == targets[:, None]
