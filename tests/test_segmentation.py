@@ -186,31 +186,51 @@ def test_slide_inference_equals_whole_for_pointwise_model():
         m.inference(x, 'tiles')
 
 
+@pytest.fixture(scope='module')
+def ade_learn(tmp_path_factory):
+    """16 training and 6 held-out images of the shapes task, nothing broken."""
+    return make_ade(tmp_path_factory.mktemp('ade_learn'), n_train=16, n_val=6, broken=False, seed=1)
+
+
 @pytest.mark.parametrize('name,kwargs', [
-    ('upernet', dict(TINY, channels=32, aux_channels=16)),
-    ('segformer', dict(TINY, channels=32)),
+    ('upernet', dict(TINY, channels=128, aux_channels=64)),
+    ('segformer', dict(TINY, channels=128)),
     ('upernet', dict(backbone='gc_vit_xxtiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
-                     window_size=4, channels=16, aux_channels=8)),
+                     window_size=4, channels=64, aux_channels=32)),
 ])
-def test_few_iterations_reduce_the_loss(ade, name, kwargs):
+def test_tiny_models_learn_to_segment_held_out_images(ade_learn, one_thread, name, kwargs):
+    """100 updates (batch 4, AdamW 2e-3) on 16 images, then the mIoU of 6 held-out ones above 0.75.
+
+    The threshold is above 2/3, the most a model that misses one of the three classes can score, so every class
+    must be learned. Measured on 2026-12-01 (newest and floor versions): 0.87 (UperNet), 0.88 (SegFormer), 0.94
+    (GC ViT UperNet). With
+    32-channel heads UperNet reached 0.78 here and SegFormer with 64 stayed at 0.55 (one class never learned):
+    the widths here are what these tiny backbones need, not the recipes'."""
     torch.manual_seed(0)
     model = gpvit.create_model(name, num_classes=NUM_CLASSES, **kwargs)
-    ds = ADE20KDataset(ade, 'training', NUM_CLASSES, transform=SegEvalTransform((64, 64)), on_error='skip')
-    batch = collate_seg([ds[i] for i in range(3)])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
+    train = ADE20KDataset(ade_learn, 'training', NUM_CLASSES, transform=SegEvalTransform((64, 64)))
+    val = ADE20KDataset(ade_learn, 'validation', NUM_CLASSES, transform=SegEvalTransform((64, 64)))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    order = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(6):
-        out = model(batch['images'], batch['labels'])
-        assert set(out) == ({'loss_decode', 'loss_aux'} if name == 'upernet' else {'loss_decode'})
+    for _ in range(100):
+        batch = collate_seg([train[i] for i in torch.randperm(len(train), generator=order)[:4].tolist()])
+        out = model.train()(batch['images'], batch['labels'])
+        assert set(out) == ({'loss_decode', 'loss_aux'} if 'aux_channels' in kwargs else {'loss_decode'})
         loss = sum(out.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.95 * losses[0], losses  # from chance level, steadily down
-    model.eval()
-    assert model(batch['images']).shape == (3, NUM_CLASSES, 64, 64)
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
+    held_out = collate_seg([val[i] for i in range(len(val))])
+    with torch.no_grad():
+        logits = model.eval()(held_out['images'])
+    assert logits.shape == (len(val), NUM_CLASSES, 64, 64)
+    ev = MIoUEvaluator(NUM_CLASSES)
+    ev.update(logits.argmax(1), held_out['labels'])
+    miou = ev.compute()['mIoU']
+    assert miou > 0.75, f'held-out mIoU {miou:.3f}'
 
 
 def test_backbone_from_classification_checkpoint(tmp_path):
