@@ -181,3 +181,27 @@ def test_reference_layout_other_level_loads(golden_dir, family, level):
                        sd['backbone.interactions.3.extra_extractors.1.ffn.dwconv.dwconv.weight'])
     dpr = recipe_model(f'gpvit_l{level}_{family}_1x')[1]['drop_path_rate']
     assert all(ex.drop_path.drop_prob == dpr for ex in body.extractors)  # the backbone's drop path rate
+
+
+def test_gpvit_predict_with_a_reference_detector(retinanet, tmp_path, capsys):
+    """``gpvit predict --config gpvit_l1_retinanet_1x --checkpoint <release file>`` draws the detections, named
+    by the release file's ``meta['CLASSES']`` (mmcv's convention)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from gpvit.cli import main as cli_main
+    _, _, sd = retinanet
+    names = [f'class_{i}' for i in range(80)]
+    ckpt = tmp_path / 'gpvit_l1_retinanet_1x.pth'
+    torch.save({'meta': {'CLASSES': tuple(names)}, 'state_dict': sd}, ckpt)
+    image = tmp_path / 'image.png'
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype('uint8')).save(image)
+    assert cli_main(['predict', '--config', 'gpvit_l1_retinanet_1x', '--checkpoint', str(ckpt), '--device', 'cpu',
+                     '--score-thr', '0', '--out', str(tmp_path / 'pred.png'), str(image)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary['task'] == 'detection' and 0 < len(summary['detections']) <= 100
+    assert all(d['label'] in names and len(d['box']) == 4 for d in summary['detections'])
+    drawn = np.array(Image.open(tmp_path / 'pred.png'))
+    assert drawn.shape == (64, 96, 3) and not np.array_equal(drawn, np.array(Image.open(image)))

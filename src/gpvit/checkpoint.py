@@ -98,7 +98,7 @@ class Checkpoint:
         state_dict: the flat state dict (the EMA weights with ``use_ema``).
         meta: the descriptive entries of a training checkpoint of this project (``model_spec``, ``task``,
             ``classes``, ``config``, ...; see :mod:`gpvit.engine.state`), or of a safetensors file's metadata;
-            empty for other formats.
+            an mmcv release file's class names as ``classes``; empty otherwise.
         path: the file, or None for an in-memory checkpoint.
     """
     state_dict: StateDict
@@ -112,6 +112,16 @@ class Checkpoint:
         return spec if isinstance(spec, dict) and 'name' in spec else None
 
 
+def _meta(obj: Mapping) -> Dict[str, Any]:
+    """The descriptive entries of a loaded checkpoint; the class names of an mmcv release file
+    (``meta['CLASSES']``, as the reference's detectors and segmentors save them) as ``classes``."""
+    meta = {k: obj[k] for k in _META_KEYS if k in obj}
+    mmcv = obj.get('meta')
+    if 'classes' not in meta and isinstance(mmcv, Mapping) and isinstance(mmcv.get('CLASSES'), (list, tuple)):
+        meta['classes'] = [str(c) for c in mmcv['CLASSES']]
+    return meta
+
+
 def read_checkpoint_file(
         src: Union[str, os.PathLike, Mapping, 'Checkpoint'],
         use_ema: bool = False,
@@ -122,7 +132,7 @@ def read_checkpoint_file(
     if isinstance(src, Checkpoint):
         return src
     if isinstance(src, Mapping):
-        return Checkpoint(unwrap_state_dict(src, use_ema), {k: src[k] for k in _META_KEYS if k in src})
+        return Checkpoint(unwrap_state_dict(src, use_ema), _meta(src))
     path = Path(src)
     if path.is_dir():
         raise CheckpointError(f'{path}: is a directory; give the checkpoint file inside it (e.g. {path}/last.pth)')
@@ -143,8 +153,7 @@ def read_checkpoint_file(
         except SafetensorError as e:
             raise CheckpointError(f'{path}: not a readable safetensors file: {e}') from e
     obj = _torch_load(path, weights_only)
-    meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}
-    return Checkpoint(unwrap_state_dict(obj, use_ema), meta, path)
+    return Checkpoint(unwrap_state_dict(obj, use_ema), _meta(obj) if isinstance(obj, Mapping) else {}, path)
 
 
 def read_checkpoint(
