@@ -15,6 +15,14 @@ from gpvit.tasks import build_config, evaluate_checkpoint, train
 from trainkit import state_equal
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+#: GPViT L1-L4 embedding widths (the reference layouts of other levels are built from them).
+GPVIT_WIDTH = {1: 216, 2: 348, 3: 432, 4: 624}
+
+
+def close_to_reference(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """The golden files' tolerance (tests/data/golden/dense/README.md): max abs error <= 1e-4 x max(1, max |ref|)."""
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    return (ours - theirs).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item())
 
 
 def dense_raw(task: str, out: Path, model: str, kwargs: Dict, data: Dict, optim: Dict, sched: Dict) -> Dict:

@@ -2,20 +2,15 @@
 function: golden outputs of the official code in tests/data/golden/dense (see its README)."""
 import pytest
 import torch
+from densekit import GPVIT_WIDTH, close_to_reference
 from fill import fill, load_manifest
 
 import gpvit
 from gpvit.errors import CheckpointError
 
 DENSE = 'dense'
-WIDTH = {1: 216, 2: 348, 3: 432, 4: 624}
 # Published parameter counts (M), GPViT paper, L1-L4.
 PUBLISHED_M = {'upernet': (37, 53, 66, 107), 'segformer': (9, 24, 36, 76)}
-
-
-def _close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
-    assert ours.shape == theirs.shape
-    return (ours - theirs).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item())
 
 
 def _reference(golden_dir, recipe):
@@ -33,10 +28,10 @@ def test_golden_reference_segmentor(golden_dir, tmp_path, recipe):
     with torch.no_grad():
         feats = model.backbone(ref['input'])
         assert len(feats) == len(ref['features']) == 4
-        assert all(_close(a, b) for a, b in zip(feats, ref['features']))
-        assert _close(model.decode_head(feats), ref['decode_logits'])
+        assert all(close_to_reference(a, b) for a, b in zip(feats, ref['features']))
+        assert close_to_reference(model.decode_head(feats), ref['decode_logits'])
         if recipe == 'upernet':
-            assert _close(model.auxiliary_head(feats), ref['aux_logits'])
+            assert close_to_reference(model.auxiliary_head(feats), ref['aux_logits'])
         else:
             assert model.auxiliary_head is None and 'aux_logits' not in ref
         logits = model(ref['input'])  # at the image's size
@@ -66,7 +61,7 @@ def _scaled_layout(golden_dir, recipe, level):
     backbone = load_manifest(golden_dir / f'gpvit_l{level}_seg_manifest.json')
     heads = [(k, s) for k, s in load_manifest(golden_dir / DENSE / f'gpvit_l1_{recipe}_manifest.json')
              if not k.startswith('backbone.')]
-    w = WIDTH[level]
+    w = GPVIT_WIDTH[level]
     scale = {216: w, 216 + 4 * 512: w + 4 * 512}
     heads = [(k, tuple(scale.get(d, d) if i == 1 else d for i, d in enumerate(s))) for k, s in heads]
     return fill(backbone + heads, seed=0)
@@ -112,7 +107,7 @@ def test_gpvit_convert_writes_the_whole_segmentor(golden_dir, tmp_path, capsys):
     model = gpvit.create_model('segformer', checkpoint=tmp_path / 'seg.safetensors').eval()  # settings travel
     assert model.backbone.out_indices == (2, 5, 8, 11) and model.num_classes == 150
     with torch.no_grad():
-        assert _close(model.decode_head(model.backbone(ref['input'])), ref['decode_logits'])
+        assert close_to_reference(model.decode_head(model.backbone(ref['input'])), ref['decode_logits'])
 
 
 def test_gpvit_predict_with_a_reference_checkpoint(golden_dir, tmp_path, capsys):

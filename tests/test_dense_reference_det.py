@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from densekit import GPVIT_WIDTH, close_to_reference
 from fill import fill, load_manifest
 
 import gpvit
@@ -15,11 +16,6 @@ DENSE = 'dense'
 # torchvision's background slot: the box regressor's 4 rows (+ biases) and the mask logits' one channel
 # (Mask R-CNN); one class per anchor in RetinaNet's 3x3 classifier conv (9 anchors).
 BACKGROUND_PARAMS = {'maskrcnn': 4 * (1024 + 1) + (256 + 1), 'retinanet': 9 * (256 * 9 + 1)}
-
-
-def _close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
-    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    return (ours - theirs).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item())
 
 
 def _load(golden_dir, tmp_path_factory, family):
@@ -45,14 +41,14 @@ def test_golden_maskrcnn_backbone_fpn_rpn(maskrcnn):
     model, ref, _ = maskrcnn
     with torch.no_grad():
         feats = model.backbone.body(ref['input'])
-        assert all(_close(a, b) for a, b in zip(feats, ref['backbone_features']))
+        assert all(close_to_reference(a, b) for a, b in zip(feats, ref['backbone_features']))
         fpn = model.backbone(ref['input'])  # torchvision's detectors: backbone(x) -> the FPN maps
         assert list(fpn) == ['0', '1', '2', '3', 'pool']
-        assert all(_close(a, b) for a, b in zip(fpn.values(), ref['fpn_features']))
+        assert all(close_to_reference(a, b) for a, b in zip(fpn.values(), ref['fpn_features']))
         objectness, deltas = model.rpn.head(list(fpn.values()))
     # the anchor order per location is mmdet's (ratio-major): raw outputs compare without a permutation
-    assert all(_close(a, b) for a, b in zip(objectness, ref['rpn_cls_scores']))
-    assert all(_close(a, b) for a, b in zip(deltas, ref['rpn_bbox_preds']))
+    assert all(close_to_reference(a, b) for a, b in zip(objectness, ref['rpn_cls_scores']))
+    assert all(close_to_reference(a, b) for a, b in zip(deltas, ref['rpn_bbox_preds']))
 
 
 def test_golden_maskrcnn_roi_heads(maskrcnn):
@@ -62,32 +58,33 @@ def test_golden_maskrcnn_roi_heads(maskrcnn):
         fpn = list(model.backbone(ref['input']).values())[:4]
         assert torch.equal(heads.box_roi_pool.levels(ref['rois']), ref['roi_levels'])
         box_feats = heads.box_roi_pool.pool_rois(fpn, ref['rois'])
-        assert _close(box_feats, ref['bbox_roi_feats'])
+        assert close_to_reference(box_feats, ref['bbox_roi_feats'])
         cls, deltas = heads.box_predictor(heads.box_head(box_feats))
         mask_feats = heads.mask_roi_pool.pool_rois(fpn, ref['rois'])
-        assert _close(mask_feats, ref['mask_roi_feats'])
+        assert close_to_reference(mask_feats, ref['mask_roi_feats'])
         masks = heads.mask_predictor(heads.mask_head(mask_feats))
     # mmdet [80 classes, background] -> torchvision [background, 80 classes]
-    assert _close(torch.cat([cls[:, 1:], cls[:, :1]], 1), ref['cls_score'])
-    assert _close(deltas[:, 4:], ref['bbox_pred']) and not deltas[:, :4].any()
-    assert _close(masks[:, 1:], ref['mask_pred']) and not masks[:, 0].any()
+    assert close_to_reference(torch.cat([cls[:, 1:], cls[:, :1]], 1), ref['cls_score'])
+    assert close_to_reference(deltas[:, 4:], ref['bbox_pred']) and not deltas[:, :4].any()
+    assert close_to_reference(masks[:, 1:], ref['mask_pred']) and not masks[:, 0].any()
 
 
 def test_golden_retinanet(retinanet):
     model, ref, _ = retinanet
     assert model.detections_per_img == 100  # the reference test config
     with torch.no_grad():
-        assert all(_close(a, b) for a, b in zip(model.backbone.body(ref['input']), ref['backbone_features']))
+        body = model.backbone.body(ref['input'])
+        assert all(close_to_reference(a, b) for a, b in zip(body, ref['backbone_features']))
         fpn = list(model.backbone(ref['input']).values())
-        assert all(_close(a, b) for a, b in zip(fpn, ref['fpn_features']))
+        assert all(close_to_reference(a, b) for a, b in zip(fpn, ref['fpn_features']))
         cls_head, reg_head = model.head.classification_head, model.head.regression_head
         for level, f in enumerate(fpn):
             cls = cls_head.cls_logits(cls_head.conv(f))
             n, _, h, w = cls.shape
             cls = cls.view(n, 9, 81, h, w)  # (anchor, class) along channels, as mmdet's (anchor, class)
-            assert _close(cls[:, :, 1:].reshape(n, 720, h, w), ref['cls_scores'][level])
+            assert close_to_reference(cls[:, :, 1:].reshape(n, 720, h, w), ref['cls_scores'][level])
             assert (cls[:, :, 0] == BACKGROUND_LOGIT).all()
-            assert _close(reg_head.bbox_reg(reg_head.conv(f)), ref['bbox_preds'][level])
+            assert close_to_reference(reg_head.bbox_reg(reg_head.conv(f)), ref['bbox_preds'][level])
 
 
 @pytest.mark.parametrize('family', ['maskrcnn', 'retinanet'])
@@ -153,9 +150,6 @@ def test_param_count_published(family, level, schedule):
     assert abs(count / 1e6 - PUBLISHED_M[family][level - 1]) < 1
 
 
-WIDTH = {1: 216, 2: 348, 3: 432, 4: 624}
-
-
 def _scaled_layout(golden_dir, family, level):
     """An L``level`` reference detector layout: the GPViT layers of that level's segmentation manifest (without
     the final and per-level norms: ``final_norm=False``), the L1 adapter / neck / heads with the width 216 (and
@@ -164,7 +158,7 @@ def _scaled_layout(golden_dir, family, level):
            if not k.startswith(('backbone.ln1.', 'backbone.norm'))]
     l1 = load_manifest(golden_dir / DENSE / f'gpvit_l1_{family}_manifest.json')
     vit_keys = {k for k, _ in load_manifest(golden_dir / 'gpvit_l1_seg_manifest.json')}
-    w = WIDTH[level]
+    w = GPVIT_WIDTH[level]
     scale = {216: w, 54: w // 4}
     rest = [(k, tuple(scale.get(d, d) for d in s)) for k, s in l1 if k not in vit_keys]
     return fill(vit + rest, seed=0)

@@ -54,19 +54,12 @@ class _Auto:
     enabled = True
 
 
-def _autocast_on_cpu() -> bool:
-    try:
-        return torch.is_autocast_enabled('cpu')
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
-
-
 def _eager_inference(x: torch.Tensor) -> bool:
     """Eager float32 CPU computation that autograd, autocast, tracing and dispatch modes do not watch."""
     return (not isinstance(x, torch.fx.Proxy) and not is_tracing()
             and x.device.type == 'cpu' and x.dtype == torch.float32
             and not (torch.is_grad_enabled() and x.requires_grad)
-            and not _autocast_on_cpu()
+            and not torch.is_autocast_enabled('cpu')
             # FLOP counters, fake-tensor and other dispatch modes see the standard ops
             and _get_current_dispatch_mode() is None)
 
