@@ -306,7 +306,7 @@ def test_detector_from_backbone_checkpoint_and_reload(tmp_path):
     torch.save({'model': det.state_dict()}, tmp_path / 'det.pth')
     again = gpvit.create_model('retinanet', checkpoint=str(tmp_path / 'det.pth'), num_classes=3, **MINI)
     assert state_equal(again.state_dict(), det.state_dict()) is None
-    assert 'backbone.body.level_embed' in det.no_weight_decay()
+    assert 'backbone.body.level_embed' in det.no_weight_decay() and det.num_classes == 3
 
 
 # -- the engine --------------------------------------------------------------------------------------------------

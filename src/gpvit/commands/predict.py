@@ -51,8 +51,7 @@ def predict_image(cfg, checkpoint, image, out, score_thr: float = 0.5, alpha: fl
         keep = det['scores'] >= score_thr
         boxes, labels, scores = det['boxes'][keep].cpu(), det['labels'][keep].cpu(), det['scores'][keep].cpu()
         names = ckpt.meta.get('classes')
-        colours = palette(max(int(model.roi_heads.box_predictor.cls_score.out_features)
-                              if hasattr(model, 'roi_heads') else 256, 2))
+        colours = palette(max(model.num_classes, 2))
         canvas = rgb
         if 'masks' in det and keep.any():
             masks = det['masks'][keep][:, 0].cpu() > 0.5

@@ -14,19 +14,20 @@ import torch.nn as nn
 
 from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint_file
 from .backbone import DenseBackbone, build_dense_body, default_out_indices
-from .detectors import GPViTMaskRCNN, GPViTRetinaNet, mask_rcnn, retinanet
+from .detectors import CascadeMaskRCNN, GPViTMaskRCNN, GPViTRetinaNet, cascade_mask_rcnn, mask_rcnn, retinanet
 from .reference import check_fits, convert_reference_detector, convert_reference_segmentor, reference_format
 from .segmentor import Segmentor, segformer, upernet
 
 __all__ = ['DENSE_MODELS', 'PUBLISHED_WEIGHTS', 'create_dense_model', 'load_dense_checkpoint', 'DenseBackbone',
            'Segmentor',
-           'GPViTMaskRCNN', 'GPViTRetinaNet', 'build_dense_body', 'default_out_indices']
+           'GPViTMaskRCNN', 'GPViTRetinaNet', 'CascadeMaskRCNN', 'build_dense_body', 'default_out_indices']
 
 #: Dense model name -> builder.
 DENSE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     'upernet': upernet,
     'segformer': segformer,
     'mask_rcnn': mask_rcnn,
+    'cascade_mask_rcnn': cascade_mask_rcnn,
     'retinanet': retinanet,
 }
 

@@ -1,11 +1,11 @@
 """COCO object detection and instance segmentation (GPViT / GC ViT recipes): Mask R-CNN or RetinaNet.
 
-Model: ``model.name`` is a registered detector (``mask_rcnn`` or ``retinanet``, see
+Model: ``model.name`` is a registered detector (``mask_rcnn``, ``cascade_mask_rcnn`` or ``retinanet``, see
 :mod:`gpvit.dense.detectors`); ``model.kwargs`` holds its arguments (``backbone: gpvit_l1``,
 ``drop_path_rate``, ``adapter_kwargs``, ...); ``model.pretrained`` is the backbone's initial weights (a
 classification checkpoint of any supported format). ``num_classes`` (background included) and the test
 sizes come from the data. Data: a COCO instances JSON and its image folder (:mod:`gpvit.data.coco`).
-Metrics: COCO bbox AP (and segm AP for Mask R-CNN) with pycocotools over all processes' predictions.
+Metrics: COCO bbox AP (and segm AP for the mask detectors) with pycocotools over all processes' predictions.
 """
 import logging
 from dataclasses import dataclass
@@ -84,7 +84,7 @@ class DetectionTask(ModelTask):
     name = 'detection'
     data_config = DetectionDataConfig
     primary_metric = 'bbox_AP'
-    model_names = ('mask_rcnn', 'retinanet')
+    model_names = ('mask_rcnn', 'cascade_mask_rcnn', 'retinanet')
     requires = {'pycocotools': 'dense'}
     higher_is_better = True
 
@@ -115,7 +115,7 @@ class DetectionTask(ModelTask):
 
     @property
     def with_masks(self) -> bool:
-        return self.cfg.model.name == 'mask_rcnn'
+        return self.cfg.model.name in ('mask_rcnn', 'cascade_mask_rcnn')
 
     # -- data ------------------------------------------------------------------------------------------------
 
@@ -156,8 +156,8 @@ class DetectionTask(ModelTask):
 
     def build_model(self) -> nn.Module:
         spec, m = self.model_spec(), self.cfg.model
-        if spec['name'] not in ('mask_rcnn', 'retinanet'):
-            raise ConfigError(f'model.name: {spec["name"]} is not a detector (mask_rcnn or retinanet, with '
+        if spec['name'] not in self.model_names:
+            raise ConfigError(f'model.name: {spec["name"]} is not a detector ({", ".join(self.model_names)}, with '
                               f'model.kwargs.backbone)')
         if 'num_classes' in spec['kwargs'] and self.cat_ids is not None \
                 and spec['kwargs']['num_classes'] != len(self.cat_ids) + 1:
