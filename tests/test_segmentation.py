@@ -298,7 +298,8 @@ def test_shipped_configs_load():
     root = CONFIGS / 'segmentation'
     names = {p.stem for p in root.glob('*.yaml')}
     expected = {f'gpvit_l{v}_{head}' for v in (1, 2, 3, 4) for head in ('upernet', 'segformer')}
-    assert expected | {'gc_vit_tiny_upernet'} <= names
+    gc_vit = {f'gc_vit_{size}_upernet' for size in ('tiny', 'small', 'base')}
+    assert expected | gc_vit <= names
     for name in sorted(names):
         assert load_config(root / f'{name}.yaml').task == 'segmentation'
     for v in (1, 2, 3, 4):
@@ -308,16 +309,18 @@ def test_shipped_configs_load():
             assert cfg.model.kwargs['backbone'] == f'gpvit_l{v}'
             assert cfg.model.kwargs['drop_path_rate'] == (0.1 if v <= 2 else 0.2)
     # GC ViT releases no segmentation recipe (gcvit.md 4): the GPViT UperNet recipe with the GC ViT detection
-    # backbone's windows of 24 and drop path 0.2; the head and its auxiliary FCN as the GPViT config's.
-    cfg = load_config(root / 'gc_vit_tiny_upernet.yaml')
-    _check_ade_recipe(cfg, 'upernet')
-    k = cfg.model.kwargs
-    assert (k['backbone'], k['window_size'], k['drop_path_rate'], k['out_indices']) == \
-        ('gc_vit_tiny', 24, 0.2, [0, 1, 2, 3])
+    # backbone's windows of 24 and its drop path (T 0.2 released; S, B 0.3 as the cascade recipes); the head and
+    # its auxiliary FCN as the GPViT config's.
     ref = load_config(root / 'gpvit_l1_upernet.yaml')
     head_keys = ('channels', 'pool_scales', 'aux_channels', 'aux_in_index', 'aux_weight')
-    assert {key: k[key] for key in head_keys} == {key: ref.model.kwargs[key] for key in head_keys}
-    assert (cfg.data, cfg.optim, cfg.sched, cfg.train) == (ref.data, ref.optim, ref.sched, ref.train)
+    for size, drop_path in (('tiny', 0.2), ('small', 0.3), ('base', 0.3)):
+        cfg = load_config(root / f'gc_vit_{size}_upernet.yaml')
+        _check_ade_recipe(cfg, 'upernet')
+        k = cfg.model.kwargs
+        assert (k['backbone'], k['window_size'], k['drop_path_rate'], k['out_indices']) == \
+            (f'gc_vit_{size}', 24, drop_path, [0, 1, 2, 3])
+        assert {key: k[key] for key in head_keys} == {key: ref.model.kwargs[key] for key in head_keys}
+        assert (cfg.data, cfg.optim, cfg.sched, cfg.train) == (ref.data, ref.optim, ref.sched, ref.train)
 
 
 def test_gc_vit_upernet_config_builds_a_working_model():
