@@ -298,6 +298,19 @@ def test_few_iterations_reduce_the_loss(coco, name, kwargs):
     assert det[0]['boxes'].shape[1] == 4 and ('masks' in det[0]) == (name == 'mask_rcnn')
 
 
+def test_test_time_resize_rounds_the_sides_as_mmcv():
+    """At evaluation the detectors resize as the reference's mmcv: torchvision's scale, sides rounded (torchvision's
+    interpolate floors them: 480x640 -> 800x1066), and map the boxes back by each side's ratio."""
+    model = gpvit.create_model('retinanet', num_classes=3, **MINI).eval()
+    for (h, w), size in (((480, 640), (800, 1067)), ((427, 640), (800, 1199)), ((375, 500), (800, 1067)),
+                         ((300, 1000), (400, 1333))):
+        images, _ = model.transform([torch.rand(3, h, w)])
+        assert images.image_sizes == [size] and images.tensors.shape[-2:] == tuple(-(-v // 32) * 32 for v in size)
+    boxes = torch.tensor([[0., 0., 1067., 800.]])
+    back = model.transform.postprocess([{'boxes': boxes}], [(800, 1067)], [(480, 640)])[0]['boxes']
+    torch.testing.assert_close(back, torch.tensor([[0., 0., 640., 480.]]))
+
+
 def test_detector_from_backbone_checkpoint_and_reload(tmp_path):
     cls = gpvit.create_model('gpvit_mini', num_classes=10, embed_dim=48, img_size=32)
     torch.save(cls.state_dict(), tmp_path / 'cls.pth')

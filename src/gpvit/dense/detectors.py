@@ -27,13 +27,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
@@ -154,12 +155,21 @@ class FPNBackbone(nn.Module):
 
 
 class _Transform(GeneralizedRCNNTransform):
-    """Normalise and batch; resize only at evaluation (training data come resized by the recipe's pipeline)."""
+    """Normalise and batch; resize only at evaluation (training data come resized by the recipe's pipeline), to
+    mmcv's test size: the scale of torchvision's (short side ``min_size``, long side at most ``max_size``), each
+    side rounded to the nearest pixel (mmcv's ``rescale_size``) where torchvision's ``interpolate`` floors it
+    (480x640 -> 800x1067 as in the reference, not 800x1066)."""
 
     def resize(self, image, target=None):
         if self.training:
             return image, target
-        return super().resize(image, target)
+        h, w = image.shape[-2:]
+        scale = min(self.min_size[-1] / min(h, w), self.max_size / max(h, w))
+        size = (int(h * scale + 0.5), int(w * scale + 0.5))
+        image = F.interpolate(image[None], size=size, mode='bilinear', align_corners=False)[0]
+        if target is not None and 'boxes' in target:
+            target = {**target, 'boxes': resize_boxes(target['boxes'], (h, w), size)}
+        return image, target
 
 
 class _DetectorMixin:
