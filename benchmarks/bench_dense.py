@@ -4,6 +4,8 @@ Cases (defaults: the reference settings):
   * ``maskrcnn``: GPViT-L1 + ViT-Adapter + torchvision Mask R-CNN (FPN), images 800x1333, 81 classes; a
     training iteration is forward + backward + AdamW step on ``--batch`` images with a few boxes and masks each;
     inference is ``model([image])`` in eval mode (resize to 800x1333 included, no drawing);
+  * ``gc_maskrcnn`` / ``gc_cascade``: the GC ViT-T recipes ``gc_vit_tiny_maskrcnn_3x`` and
+    ``gc_vit_tiny_cascade_maskrcnn_3x`` (windows of 24), timed as ``maskrcnn``;
   * ``upernet``: GPViT-L1 + UperNet + auxiliary FCN head, 512x512 crops, 150 classes; training as above on
     ``--batch`` crops with random labels; inference is whole-image ``model.inference`` of one 512x512 image.
 
@@ -14,9 +16,11 @@ Usage::
 
     python benchmarks/bench_dense.py                       # both cases, CUDA if available
     python benchmarks/bench_dense.py --cases upernet --device cpu --iters 3 --warmup 1
+    python benchmarks/bench_dense.py --cases gc_maskrcnn gc_cascade --device cpu --infer-only
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -70,8 +74,10 @@ def _bench_train_and_infer(args, device: torch.device, model: torch.nn.Module, t
         sum(losses.values()).backward()
         opt.step()
 
-    model.train()
-    t_train = _median_time(step, args.warmup, args.iters, device)
+    t_train = float('nan')
+    if not args.infer_only:
+        model.train()
+        t_train = _median_time(step, args.warmup, args.iters, device)
     model.eval()
     with torch.inference_mode():
         t_inf = _median_time(infer, args.warmup, args.iters, device)
@@ -79,13 +85,25 @@ def _bench_train_and_infer(args, device: torch.device, model: torch.nn.Module, t
             'params_M': sum(p.numel() for p in model.parameters()) / 1e6}
 
 
-def bench_maskrcnn(args, device: torch.device) -> Dict[str, float]:
-    model = gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81).to(device)
+def _bench_detector(args, device: torch.device, model: torch.nn.Module) -> Dict[str, float]:
+    model = model.to(device)
     h, w = 800, 1333
     images = [torch.rand(3, h, w, device=device) for _ in range(args.batch)]
     targets = _targets(args.batch, h, w, device)
     return _bench_train_and_infer(args, device, model, (images, targets), lambda: model(images[:1]),
                                   lr=2e-4, weight_decay=0.05)
+
+
+def bench_maskrcnn(args, device: torch.device) -> Dict[str, float]:
+    return _bench_detector(args, device, gpvit.create_model('mask_rcnn', backbone='gpvit_l1', num_classes=81))
+
+
+def bench_gc_maskrcnn(args, device: torch.device) -> Dict[str, float]:
+    return _bench_detector(args, device, gpvit.create_model('gc_vit_tiny_maskrcnn_3x'))
+
+
+def bench_gc_cascade(args, device: torch.device) -> Dict[str, float]:
+    return _bench_detector(args, device, gpvit.create_model('gc_vit_tiny_cascade_maskrcnn_3x'))
 
 
 def bench_upernet(args, device: torch.device) -> Dict[str, float]:
@@ -97,6 +115,8 @@ def bench_upernet(args, device: torch.device) -> Dict[str, float]:
 
 
 CASES = {'maskrcnn': ('GPViT-L1 Mask R-CNN', '800x1333', bench_maskrcnn),
+         'gc_maskrcnn': ('GC ViT-T Mask R-CNN', '800x1333', bench_gc_maskrcnn),
+         'gc_cascade': ('GC ViT-T Cascade Mask R-CNN', '800x1333', bench_gc_cascade),
          'upernet': ('GPViT-L1 UperNet', '512x512', bench_upernet)}
 
 
@@ -108,6 +128,7 @@ def main() -> None:
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--infer-only', action='store_true', help='time inference only (no training iterations)')
     p.add_argument('--json', default=None, help='also write the rows to this file')
     args = p.parse_args()
     if args.threads:
@@ -116,8 +137,9 @@ def main() -> None:
     torch.manual_seed(0)
     where = (torch.cuda.get_device_name(device) if device.type == 'cuda'
              else f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)')
+    load = ', '.join(f'{v:.2f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
     print(f'device: {where}; torch {torch.__version__}; batch {args.batch}; median of {args.iters} after '
-          f'{args.warmup} warm-up')
+          f'{args.warmup} warm-up; load average before the run {load}')
     print('| model | input | params (M) | train it/s | train img/s | inference img/s |')
     print('|---|---|---|---|---|---|')
     rows = []
