@@ -1,4 +1,4 @@
-"""Where a GPViT forward pass spends its time: share of time and of FLOPs, and GFLOP/s, per part of the model.
+"""Where a GPViT forward pass (or training step) spends its time: share of time and FLOPs, GFLOP/s, per part.
 
 The parts are modules (stem, LayerNorms, stripe attention, MLPs, GP-block grouping/mixing/ungrouping, the GP
 block's 2C->C projection, depthwise convs); each is timed with forward hooks (``time.perf_counter`` around the
@@ -7,14 +7,24 @@ come from ``torch.utils.flop_counter`` (2 per multiply-accumulate). Runs eval mo
 after ``gpvit.tools.bench.keep_freed_memory()``, with a 2048x2048 float32 matmul timed between the forward
 passes as the yardstick, as in ``bench_backbone.py``.
 
+``--train``: the training step instead (train mode, drop path 0.1, forward + cross-entropy + backward + SGD
+step with momentum, as ``../shared``'s side-by-side bench times it): each part's forward time (forward hooks)
+and backward time (from the module's backward pre-hook, when the gradient of its output is ready, to its
+backward hook, when the gradients of its inputs are: weight gradients included), the optimizer step, and the
+step's GFLOP/s at 3x the forward FLOPs (the usual convention; torch's counter charges depthwise-conv backward
+as a dense conv) against the same model's inference GFLOP/s measured in the same run: the ratio issue 14 asks
+to raise to 0.9.
+
 Usage::
 
     python benchmarks/bench_breakdown.py --model gpvit_l1 --size 224x224x8
+    python benchmarks/bench_breakdown.py --model gpvit_l1 --size 224x224x8 --train
 """
 import argparse
 import collections
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -44,6 +54,21 @@ def model_parts(model: GPViT) -> Dict[nn.Module, str]:
     return parts
 
 
+def _forward_flops(model: GPViT, x: torch.Tensor, parts: Dict[nn.Module, str]):
+    """Forward FLOPs of the whole model and per part (eval mode, no autograd)."""
+    paths = {mod: f'{type(model).__name__}.{path}' for path, mod in model.named_modules() if mod in parts}
+    register_sdpa_flop_formulas()  # CPU attention counted on every torch (done at import; explicit here)
+    training = model.training
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    model.train(training)
+    counts = counter.get_flop_counts()
+    flops = collections.Counter()
+    for mod, part in parts.items():
+        flops[part] += sum(counts.get(paths[mod], {}).values())
+    return sum(counts['Global'].values()), flops
+
+
 def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
     H, W, B = (int(v) for v in size.split('x'))
     model = gpvit.create_model(name).eval()
@@ -51,15 +76,7 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
         raise SystemExit(f'{name} is not a GPViT model')
     x = torch.randn(B, 3, H, W)
     parts = model_parts(model)
-    paths = {mod: f'{type(model).__name__}.{path}' for path, mod in model.named_modules() if mod in parts}
-    register_sdpa_flop_formulas()  # CPU attention counted on every torch (done at import; explicit here)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    counts = counter.get_flop_counts()
-    total_flops = sum(counts['Global'].values())
-    flops = collections.Counter()
-    for mod, part in parts.items():
-        flops[part] += sum(counts.get(paths[mod], {}).values())
+    total_flops, flops = _forward_flops(model, x, parts)
 
     spent, starts = collections.Counter(), {}
     for mod, part in parts.items():
@@ -93,16 +110,111 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
     return lines
 
 
+def train_breakdown(name: str, size: str, iters: int = 3, drop_path_rate: float = 0.1) -> List[str]:
+    """The training step's time per part, forward and backward, and its GFLOP/s against inference's."""
+    H, W, B = (int(v) for v in size.split('x'))
+    torch.manual_seed(0)
+    model = gpvit.create_model(name, drop_path_rate=drop_path_rate)
+    if not isinstance(model, GPViT):
+        raise SystemExit(f'{name} is not a GPViT model')
+    x, y = torch.randn(B, 3, H, W), torch.randint(0, model.num_classes, (B,))
+    parts = model_parts(model)
+    total_flops, flops = _forward_flops(model, x, parts)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    fwd, bwd, starts, timing = collections.Counter(), collections.Counter(), {}, [False]
+
+    def mark(key):
+        return lambda *_: starts.__setitem__(key, time.perf_counter()) if timing[0] else None
+
+    def add(counter, key, part):
+        def hook(*_):
+            if timing[0]:
+                counter[part] += time.perf_counter() - starts[key]
+        return hook
+
+    # the stem's input needs no gradient: its full backward hooks fire on its output's gradient (torch warns)
+    warnings.filterwarnings('ignore', message='Full backward hook is firing')
+    for mod, part in parts.items():
+        mod.register_forward_pre_hook(mark((mod, 'f')))
+        mod.register_forward_hook(add(fwd, (mod, 'f'), part))
+        mod.register_full_backward_pre_hook(mark((mod, 'b')))
+        mod.register_full_backward_hook(add(bwd, (mod, 'b'), part))
+    phases = collections.Counter()
+
+    def step():
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if timing[0]:
+            phases.update({'forward': t1 - t0, 'backward': t2 - t1, 'optimizer': t3 - t2})
+
+    def infer():
+        with torch.inference_mode():
+            model(x)
+
+    matmul = matmul_op()
+    model.train()
+    step()
+    step()
+    model.eval()
+    infer()
+    infer()
+    train_time = infer_time = matmul_time = 0.
+    for _ in range(iters):  # alternated, so that drifts of the machine's speed hit all three alike
+        model.train()
+        timing[0] = True
+        t = time.perf_counter()
+        step()
+        train_time += time.perf_counter() - t
+        timing[0] = False
+        model.eval()
+        t = time.perf_counter()
+        infer()
+        infer_time += time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(3):
+            matmul()
+        matmul_time += (time.perf_counter() - t) / 3
+    T, Ti = train_time / iters, infer_time / iters
+    peak = 2 * 2048 ** 3 / (matmul_time / iters) / 1e9
+    train_rate, infer_rate = 3 * total_flops / T / 1e9, total_flops / Ti / 1e9
+    lines = [f'{name} {H}x{W} batch {B}, drop path {drop_path_rate}: train step {T * 1e3:.0f} ms '
+             f'(forward {phases["forward"] / iters * 1e3:.0f}, backward {phases["backward"] / iters * 1e3:.0f}, '
+             f'optimizer {phases["optimizer"] / iters * 1e3:.0f}), {train_rate:.0f} GFLOP/s at 3x the forward '
+             f'FLOPs; inference {Ti * 1e3:.0f} ms, {infer_rate:.0f} GFLOP/s; train / inference GFLOP/s '
+             f'{train_rate / infer_rate:.2f}; matmul {peak:.0f} GFLOP/s', '',
+             '| part | forward | backward | share of the step | FLOPs (x3) | GFLOP/s (fwd + bwd) |',
+             '|---|---|---|---|---|---|']
+    for part in sorted(set(fwd) | set(bwd), key=lambda p: -(fwd[p] + bwd[p])):
+        tf, tb = fwd[part] / iters, bwd[part] / iters
+        rate = 3 * flops[part] / (tf + tb) / 1e9
+        lines.append(f'| {part} | {tf * 1e3:.0f} ms | {tb * 1e3:.0f} ms | {100 * (tf + tb) / T:.1f} % | '
+                     f'{100 * flops[part] / total_flops:.1f} % | {rate:.0f} |')
+    opt_time = phases['optimizer'] / iters
+    lines.append(f'| optimizer step (SGD, momentum) | | | {100 * opt_time / T:.1f} % | | |')
+    rest = T - (sum(fwd.values()) + sum(bwd.values())) / iters - opt_time
+    lines.append(f'| rest (loss, position embedding, concatenation, pooling, head; the stem\'s weight gradients: '
+                 f'its input needs none, so its backward hooks cannot time it) | | | {100 * rest / T:.1f} % | | |')
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='gpvit_l1')
     parser.add_argument('--size', default='224x224x8', help='HxWxBATCH')
     parser.add_argument('--iters', type=int, default=4)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--train', action='store_true', help='break the training step down instead')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    print('\n'.join(breakdown(args.model, args.size, args.iters)))
+    run = train_breakdown if args.train else breakdown
+    print('\n'.join(run(args.model, args.size, args.iters)))
     return 0
 
 
