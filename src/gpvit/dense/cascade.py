@@ -118,8 +118,9 @@ class CascadeRoIHeads(RoIHeads):
         if any((s.mask_head is not None) != with_masks for s in stages):
             raise ValueError('with a mask_roi_pool every stage needs a mask head, without one none may have it')
         last = stages[-1]
-        # the parent's matcher, sampler and box coder are stage 0's sampler and the last stage's coder (used by
-        # torchvision's postprocess_detections); the heads live in `stages`
+        # The parent keeps the RoI sampler (shared by the stages), a matcher that goes unused (each stage has its
+        # own) and the box coder its postprocess_detections decodes with: the last stage's. The heads live in
+        # `stages`, so the parent gets none.
         super().__init__(box_roi_pool, None, None, stages[0].iou, stages[0].iou, batch_size_per_image,
                          positive_fraction, tuple(1.0 / s for s in last.stds), score_thresh, nms_thresh,
                          detections_per_img, mask_roi_pool=mask_roi_pool)
