@@ -135,17 +135,15 @@ def _resize_cv2(image01: torch.Tensor, size) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def mmcv_resize(model, use_cv2: bool):
-    """Resize to mmcv's rounded size; with ``use_cv2`` the uint8 image through OpenCV, normalised after."""
+def opencv_resize(model):
+    """mmcv's resize: the uint8 image through OpenCV to mmcv's rounded size (the library's size too), normalised
+    after (the library normalises, then resizes in float)."""
     t = model.transform
     normalize = type(t).normalize.__get__(t)
 
     def resize(image, target=None):
         size = mmcv_size(image.shape[-2], image.shape[-1], t.min_size[-1], t.max_size)
-        if use_cv2:
-            return normalize(_resize_cv2(image, size)), target
-        out = F.interpolate(normalize(image)[None], size=size, mode='bilinear', align_corners=False)[0]
-        return out, target
+        return normalize(_resize_cv2(image, size)), target
 
     t.normalize, t.resize = (lambda image: image), resize  # resize() normalises
     try:
@@ -205,14 +203,15 @@ def variant(model, name: str):
                 model.transform)):
             yield
     elif name == 'resize_cv2':
-        with mmcv_resize(model, True):
+        with opencv_resize(model):
             yield
     elif name == 'all_mmdet':
         with contextlib.ExitStack() as stack:
             stack.enter_context(_patched(tv_boxes, 'remove_small_boxes', _mmdet_remove_small_boxes))
             if hasattr(model, 'roi_heads'):
                 stack.enter_context(_patched(tv_transform, 'paste_masks_in_image', paste_masks_mmdet))
-            stack.enter_context(mmcv_resize(model, cv2 is not None))
+            if cv2 is not None:
+                stack.enter_context(opencv_resize(model))
             yield
     else:
         raise ValueError(name)
