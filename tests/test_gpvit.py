@@ -74,7 +74,7 @@ def _naive_stripe_attention(attn: LePEAttention, x: torch.Tensor) -> torch.Tenso
     B, H, W, C = x.shape
     D, heads, sw = C // 2, attn.num_heads // 2, attn.stripe_width
     q, k, v = attn.qkv(x).chunk(3, dim=-1)
-    out = torch.zeros(B, H, W, C)
+    out = x.new_zeros(B, H, W, C)
     for branch, vertical in ((0, True), (1, False)):
         ch = slice(branch * D, (branch + 1) * D)
         starts = range(0, W if vertical else H, sw)
@@ -97,6 +97,25 @@ def test_stripe_attention_matches_direct_computation(size):
     x = torch.randn(2, *size, 48)
     with torch.no_grad():
         assert (attn(x) - _naive_stripe_attention(attn, x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize('size', [(6, 8), (7, 9)])
+def test_stripe_attention_gradients_match_direct_computation(size):
+    """Training path in float64: the per-branch qkv GEMMs, unbind and concatenation give the direct computation's
+    output and its gradients for the input and every parameter (LePE biases made non-zero)."""
+    torch.manual_seed(0)
+    attn = LePEAttention(48, num_heads=6, stripe_width=2).double().train()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(2, *size, 48, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, *size, 48, dtype=torch.float64)
+    inputs = [x] + list(attn.parameters())
+    ours = torch.autograd.grad(attn(x), inputs, grad)
+    direct = torch.autograd.grad(_naive_stripe_attention(attn, x), inputs, grad)
+    assert torch.allclose(attn(x), _naive_stripe_attention(attn, x), rtol=0, atol=1e-12)
+    for name, a, b in zip(['input'] + [n for n, _ in attn.named_parameters()], ours, direct):
+        assert torch.allclose(a, b, rtol=0, atol=1e-11), name
 
 
 # ----------------------------------------------------------------------------------------------------------

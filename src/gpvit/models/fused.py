@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from .backbone import add_block_selector
 from .gcvit import GCViTBlock
 from .gpvit import GPBlock, LePEAttention, LePEBlock
-from .layers import attention, is_tracing
+from .layers import is_tracing
 
 __all__ = ['fast_path_applies', 'fused_linear', 'FusedMlp', 'FusedLePEAttention', 'FusedLePEBlock', 'FusedGPBlock',
            'FusedGCViTBlock', 'FUSED_VARIANTS', 'use_fused', 'select_fused', 'set_auto_fuse']
@@ -147,21 +147,15 @@ class FusedMlp(_ScriptsAsPlain, Mlp):
 class FusedLePEAttention(_ScriptsAsPlain, LePEAttention):
     """GPViT's stripe attention whose ``forward(x, residual)`` returns ``residual + attn(x)``; in CPU inference
     the residual add runs in the projection GEMM and each branch's attention + LePE sum is written straight into
-    the output map (``torch.add(..., out=)``, one pass instead of a sum and a copy)."""
+    the output map (``torch.add(..., out=)``, one pass instead of a sum and a concatenation)."""
 
-    def _branch(
-            self,
-            q: torch.Tensor,
-            k: torch.Tensor,
-            v: torch.Tensor,
-            pe: torch.Tensor,
-            key_mask: Optional[torch.Tensor],
-            out: torch.Tensor,
-    ) -> None:
-        if not _eager_inference(pe) or self.training:  # autograd, export, compile: the plain in-place copy
-            return super()._branch(q, k, v, pe, key_mask, out)
-        a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask)
-        torch.add(a.reshape(out.shape), pe.reshape(out.shape), out=out)
+    def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
+        if not _eager_inference(pe_v) or self.training:  # autograd, export, compile: the plain concatenation
+            return super()._merge(a_v, pe_v, a_h, pe_h)
+        out = a_h.new_empty(*a_h.shape[:-1], 2, a_h.shape[-1])  # (B, Hp, nv, sw, 2, D)
+        torch.add(a_v, pe_v, out=out[..., 0, :])
+        torch.add(a_h, pe_h, out=out[..., 1, :])
+        return out.flatten(-2).flatten(2, 3)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if residual is None or not fast_path_applies(x, self):

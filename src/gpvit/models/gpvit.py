@@ -135,62 +135,70 @@ class LePEAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _branch(
-            self,
-            q: torch.Tensor,
-            k: torch.Tensor,
-            v: torch.Tensor,
-            pe: torch.Tensor,
-            key_mask: Optional[torch.Tensor],
-            out: torch.Tensor,
-    ) -> None:
-        """Attention of one branch plus its LePE ``pe``, written into ``out``.
+    def _branch_qkv(self, x: torch.Tensor, branch: int, pad_h: int, pad_w: int) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, Hp, Wp, 3 * D)``: one branch's q, k and v, zero-padded to whole stripes.
 
-        Args:
-            q, k, v: ``(B * nS, sh, sw, D)`` stripes of ``sh * sw`` tokens (any strides, channels last).
-            pe: ``(B * nS, sh, sw, D)`` the branch's LePE of ``v``.
-            key_mask: ``(B * nS, 1, 1, sh * sw)`` True for real tokens, None when the stripes tile the map.
-            out: ``(B, nS, sh, sw, D)`` strided view of the output map; the sum attention + LePE is written
-                straight into it, which is the window reverse and the branch concatenation at once.
+        ``qkv``'s output channels are laid out ``(q|k|v, branch, D)``; each branch runs its own GEMM on its rows of
+        the weight, so its q, k, v come out contiguous. Slicing the (3C, C) output instead would make autograd
+        build two zero-filled gradients of the whole (B, H, W, 3C) output and add them.
         """
+        D = x.shape[-1] // 2
+        weight = self.qkv.weight.unflatten(0, (3, 2, D))[:, branch].flatten(0, 1)
+        bias = None if self.qkv.bias is None else self.qkv.bias.view(3, 2, D)[:, branch].flatten()
+        qkv = F.linear(x, weight, bias)
+        if pad_h > 0 or pad_w > 0:
+            qkv = F.pad(qkv, [0, 0, 0, pad_w, 0, pad_h])
+        return qkv
+
+    def _attend(self, qkv: torch.Tensor, lepe: nn.Module, key_mask: Optional[torch.Tensor]):
+        """One branch on its stripes: ``(B * nS, sh, sw, 3, D)`` q, k, v -> attention ``(B * nS, sh * sw, D)`` and
+        LePE ``(B * nS, sh, sw, D)``.
+
+        LePE convolves each stripe's V as an image of its own, so the conv zero-pads at stripe borders.
+        ``key_mask``: ``(B * nS, 1, 1, sh * sw)``, True for real tokens; None when the stripes tile the map.
+        ``unbind`` rather than indexing: its backward stacks the three gradients into one tensor, where each
+        index would fill a zero gradient of the whole qkv tensor.
+        """
+        q, k, v = qkv.unbind(3)
+        pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        out.copy_(a.reshape(out.shape) + pe.reshape(out.shape))  # an in-place copy has autograd and functionalises
+        return a, pe
+
+    def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
+        """Both branches' attention + LePE, concatenated: ``(B, Hp, nv, sw, D)`` views each -> ``(B, Hp, Wp, C)``.
+
+        The vertical branch's views are in stripe order; the sums are taken in their own layouts and one
+        concatenation writes the map (the window reverse and the branch concatenation at once).
+        """
+        return torch.cat([a_v + pe_v, a_h + pe_h], dim=-1).flatten(2, 3)
 
     def stripe_attention(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``: both branches with their LePE, before the output projection."""
         B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         sw, D = self.stripe_width, C // 2
-        qkv = self.qkv(x)
         pad_h, pad_w = pad_amount(H, sw), pad_amount(W, sw)
         Hp, Wp = H + pad_h, W + pad_w
         padded = pad_h > 0 or pad_w > 0
         mask_v: Optional[torch.Tensor] = None
         mask_h: Optional[torch.Tensor] = None
         if padded:
-            qkv = F.pad(qkv, [0, 0, 0, pad_w, 0, pad_h])
             valid = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool, device=x.device)
             valid[:, :H, :W] = True
             mask_v = window_partition(valid, (Hp, sw)).flatten(1).repeat(B, 1)[:, None, None, :]
             mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
         nv, nh = Wp // sw, Hp // sw
-        qkv = qkv.view(B, Hp, Wp, 3, 2, D)
-        out = qkv.new_empty(B, Hp, Wp, 2, D)  # both branches write here: no window reverse, no concat
 
-        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v, each contiguous.
-        qkv_v = qkv[..., 0, :].unflatten(2, (nv, sw)).permute(4, 0, 2, 1, 3, 5).reshape(3, B * nv, Hp, sw, D)
-        # LePE: the stripes as a batch of (D, sh, sw) images, so the conv zero-pads at stripe borders.
-        pe = self.lepe[0](qkv_v[2].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out_v = out[..., 0, :].unflatten(2, (nv, sw)).permute(0, 2, 1, 3, 4)  # (B, nv, Hp, sw, D) view
-        self._branch(qkv_v[0], qkv_v[1], qkv_v[2], pe, mask_v, out_v)
+        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v.
+        qkv = self._branch_qkv(x, 0, pad_h, pad_w).view(B, Hp, nv, sw, 3, D).transpose(1, 2)
+        a_v, pe_v = self._attend(qkv.reshape(B * nv, Hp, sw, 3, D), self.lepe[0], mask_v)
+        # Horizontal stripes (sw x Wp): a view of the branch's projection, no copy.
+        a_h, pe_h = self._attend(self._branch_qkv(x, 1, pad_h, pad_w).view(B * nh, sw, Wp, 3, D), self.lepe[1],
+                                 mask_h)
 
-        # Horizontal stripes (sw x Wp): views of the projection, no copy.
-        qkv_h = qkv[..., 1, :].reshape(B * nh, sw, Wp, 3, D)
-        q, k, v = qkv_h[..., 0, :], qkv_h[..., 1, :], qkv_h[..., 2, :]
-        pe = self.lepe[1](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        self._branch(q, k, v, pe, mask_h, out[..., 1, :].unflatten(1, (nh, sw)))
-
-        x = out.view(B, Hp, Wp, C)
+        stripes, rows = (B, nv, Hp, sw, D), (B, Hp, nv, sw, D)
+        x = self._merge(a_v.reshape(stripes).transpose(1, 2), pe_v.reshape(stripes).transpose(1, 2),
+                        a_h.reshape(rows), pe_h.reshape(rows)).view(B, Hp, Wp, C)
         if padded:
             x = x[:, :H, :W]
         return x
