@@ -145,6 +145,25 @@ def test_same_function_as_timm_at_batch_3(variant):
     assert (_logits(ours, x) - _logits(theirs, x)).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize('shared_query', [False, True])
+def test_attention_with_learned_bias_matches_sdpa(shared_query):
+    """The written-out attention taken on the CPU for a bias that needs a gradient (training) gives SDPA's output
+    and gradients for q, k, v and the bias, in float64; a shared ``(1, L, C)`` query broadcasts as in SDPA."""
+    from gpvit.models.layers import attention, split_heads
+    torch.manual_seed(0)
+    q = torch.randn(1 if shared_query else 6, 49, 64, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(6, 49, 64, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    bias = torch.randn(1, 4, 49, 49, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(6, 49, 64, dtype=torch.float64)
+    ours = attention(q, k, v, 4, attn_mask=bias)
+    sdpa = F.scaled_dot_product_attention(split_heads(q, 4).expand(6, -1, -1, -1), split_heads(k, 4),
+                                          split_heads(v, 4), attn_mask=bias).transpose(1, 2).flatten(2)
+    assert torch.allclose(ours, sdpa, rtol=0, atol=1e-12)
+    for a, b, name in zip(torch.autograd.grad(ours, (q, k, v, bias), grad),
+                          torch.autograd.grad(sdpa, (q, k, v, bias), grad), 'q k v bias'.split()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-11), name
+
+
 @pytest.mark.parametrize('size', [(224, 224), (96, 128)])
 def test_global_query_does_not_mix_images(xxtiny_model, size):
     """Each image alone gives what it gives in a batch of three (timm <= 1.0.30 gave window w of image b the
