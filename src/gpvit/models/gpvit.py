@@ -150,20 +150,18 @@ class LePEAttention(nn.Module):
             qkv = F.pad(qkv, [0, 0, 0, pad_w, 0, pad_h])
         return qkv
 
-    def _attend(self, qkv: torch.Tensor, lepe: nn.Module, key_mask: Optional[torch.Tensor]):
-        """One branch on its stripes: ``(B * nS, sh, sw, 3, D)`` q, k, v -> attention ``(B * nS, sh * sw, D)`` and
-        LePE ``(B * nS, sh, sw, D)``.
+    def _attend(self, qkv: torch.Tensor, key_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One branch's attention on its stripes: ``(B * nS, sh, sw, 3, D)`` q, k, v -> attention
+        ``(B * nS, sh * sw, D)`` and the stripes' V ``(B * nS, sh, sw, D)`` (for LePE).
 
-        LePE convolves each stripe's V as an image of its own, so the conv zero-pads at stripe borders.
         ``key_mask``: ``(B * nS, 1, 1, sh * sw)``, True for real tokens; None when the stripes tile the map.
         ``unbind`` rather than indexing: its backward stacks the three gradients into one tensor, where each
         index would fill a zero gradient of the whole qkv tensor.
         """
         q, k, v = qkv.unbind(3)
-        pe = lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                       dropout_p=self.attn_drop if self.training else 0.)
-        return a, pe
+        return a, v
 
     def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
         """Both branches' attention + LePE, concatenated: ``(B, Hp, nv, sw, D)`` views each -> ``(B, Hp, Wp, C)``.
@@ -189,12 +187,14 @@ class LePEAttention(nn.Module):
             mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
         nv, nh = Wp // sw, Hp // sw
 
-        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v.
+        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v. LePE: the stripes' V as a batch of
+        # (D, sh, sw) images, so the conv zero-pads at stripe borders.
         qkv = self._branch_qkv(x, 0, pad_h, pad_w).view(B, Hp, nv, sw, 3, D).transpose(1, 2)
-        a_v, pe_v = self._attend(qkv.reshape(B * nv, Hp, sw, 3, D), self.lepe[0], mask_v)
+        a_v, v = self._attend(qkv.reshape(B * nv, Hp, sw, 3, D), mask_v)
+        pe_v = self.lepe[0](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         # Horizontal stripes (sw x Wp): a view of the branch's projection, no copy.
-        a_h, pe_h = self._attend(self._branch_qkv(x, 1, pad_h, pad_w).view(B * nh, sw, Wp, 3, D), self.lepe[1],
-                                 mask_h)
+        a_h, v = self._attend(self._branch_qkv(x, 1, pad_h, pad_w).view(B * nh, sw, Wp, 3, D), mask_h)
+        pe_h = self.lepe[1](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
         stripes, rows = (B, nv, Hp, sw, D), (B, Hp, nv, sw, D)
         x = self._merge(a_v.reshape(stripes).transpose(1, 2), pe_v.reshape(stripes).transpose(1, 2),

@@ -18,6 +18,16 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
+def _learned_bias_on_cpu(q: torch.Tensor, attn_mask: torch.Tensor, dropout_p: float) -> bool:
+    """Whether :func:`_attention_learned_bias` applies: a float mask that autograd will differentiate, on the
+    CPU, without dropout. FX symbolic tracing records SDPA (its proxies cannot steer control flow)."""
+    if not torch.jit.is_scripting():
+        if isinstance(attn_mask, torch.fx.Proxy):
+            return False
+    return (attn_mask.is_floating_point() and attn_mask.requires_grad and torch.is_grad_enabled()
+            and q.device.type == 'cpu' and dropout_p == 0.)
+
+
 def _attention_learned_bias(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -65,8 +75,7 @@ def attention(
     Returns:
         ``(B, Lq, Cv)``: the heads concatenated, before any output projection.
     """
-    if (attn_mask is not None and attn_mask.is_floating_point() and attn_mask.requires_grad
-            and torch.is_grad_enabled() and q.device.type == 'cpu' and dropout_p == 0.):
+    if attn_mask is not None and _learned_bias_on_cpu(q, attn_mask, dropout_p):
         return _attention_learned_bias(q, k, v, num_heads, scale, attn_mask)
     qh = split_heads(q, num_heads).expand(k.shape[0], -1, -1, -1)  # a view; the identity when q has k's batch
     out = F.scaled_dot_product_attention(
