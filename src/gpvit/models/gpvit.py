@@ -135,33 +135,41 @@ class LePEAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _branch_qkv(self, x: torch.Tensor, branch: int, pad_h: int, pad_w: int) -> torch.Tensor:
-        """``(B, H, W, C)`` -> ``(B, Hp, Wp, 3 * D)``: one branch's q, k and v, zero-padded to whole stripes.
+    def _qkv(self, x: torch.Tensor, pad_h: int, pad_w: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B, H, W, C)`` -> each branch's q, k and v ``(B, Hp, Wp, 3, D)``, zero-padded to whole stripes.
 
-        ``qkv``'s output channels are laid out ``(q|k|v, branch, D)``; each branch runs its own GEMM on its rows of
-        the weight, so its q, k, v come out contiguous. Slicing the (3C, C) output instead would make autograd
-        build two zero-filled gradients of the whole (B, H, W, 3C) output and add them.
+        ``qkv``'s output channels are laid out ``(q|k|v, branch, D)``. Under autograd each branch runs its own GEMM
+        on its rows of the weight: indexing one (3C)-wide output would make autograd fill a zero gradient of the
+        whole output per index and add them up. Without autograd one GEMM and two strided views do it.
         """
-        D = x.shape[-1] // 2
-        weight = self.qkv.weight.unflatten(0, (3, 2, D))[:, branch].flatten(0, 1)
-        bias = None if self.qkv.bias is None else self.qkv.bias.view(3, 2, D)[:, branch].flatten()
-        qkv = F.linear(x, weight, bias)
-        if pad_h > 0 or pad_w > 0:
-            qkv = F.pad(qkv, [0, 0, 0, pad_w, 0, pad_h])
-        return qkv
+        B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        D = C // 2
+        pad = [0, 0, 0, pad_w, 0, pad_h]
+        padded = pad_h > 0 or pad_w > 0
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad)):
+            qkv = self.qkv(x)
+            qkv = (F.pad(qkv, pad) if padded else qkv).view(B, H + pad_h, W + pad_w, 3, 2, D)
+            return qkv[..., 0, :], qkv[..., 1, :]
+        weight = self.qkv.weight.unflatten(0, (3, 2, D))
+        bias = None if self.qkv.bias is None else self.qkv.bias.view(3, 2, D)
+        branches: List[torch.Tensor] = []
+        for branch in range(2):
+            qkv = F.linear(x, weight[:, branch].flatten(0, 1), None if bias is None else bias[:, branch].flatten())
+            branches.append((F.pad(qkv, pad) if padded else qkv).view(B, H + pad_h, W + pad_w, 3, D))
+        return branches[0], branches[1]
 
-    def _attend(self, qkv: torch.Tensor, key_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One branch's attention on its stripes: ``(B * nS, sh, sw, 3, D)`` q, k, v -> attention
-        ``(B * nS, sh * sw, D)`` and the stripes' V ``(B * nS, sh, sw, D)`` (for LePE).
-
-        ``key_mask``: ``(B * nS, 1, 1, sh * sw)``, True for real tokens; None when the stripes tile the map.
-        ``unbind`` rather than indexing: its backward stacks the three gradients into one tensor, where each
-        index would fill a zero gradient of the whole qkv tensor.
-        """
-        q, k, v = qkv.unbind(3)
-        a = attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
-                      dropout_p=self.attn_drop if self.training else 0.)
-        return a, v
+    def _attend(
+            self,
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """One branch's attention on its stripes: ``(B * nS, sh, sw, D)`` q, k, v (any strides) ->
+        ``(B * nS, sh * sw, D)``. ``key_mask``: ``(B * nS, 1, 1, sh * sw)``, True for real tokens; None when the
+        stripes tile the map."""
+        return attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
+                         dropout_p=self.attn_drop if self.training else 0.)
 
     def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
         """Both branches' attention + LePE, concatenated: ``(B, Hp, nv, sw, D)`` views each -> ``(B, Hp, Wp, C)``.
@@ -187,13 +195,18 @@ class LePEAttention(nn.Module):
             mask_h = window_partition(valid, (sw, Wp)).flatten(1).repeat(B, 1)[:, None, None, :]
         nv, nh = Wp // sw, Hp // sw
 
-        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v. LePE: the stripes' V as a batch of
-        # (D, sh, sw) images, so the conv zero-pads at stripe borders.
-        qkv = self._branch_qkv(x, 0, pad_h, pad_w).view(B, Hp, nv, sw, 3, D).transpose(1, 2)
-        a_v, v = self._attend(qkv.reshape(B * nv, Hp, sw, 3, D), mask_v)
+        # ``unbind`` rather than indexing q, k and v: its backward stacks their gradients into one tensor, where
+        # each index would fill a zero gradient of the whole qkv tensor.
+        # Vertical stripes (Hp x sw): one copy gathers each stripe's q, k, v, each contiguous (the LePE conv and
+        # SDPA run fastest on those). LePE: the stripes' V as a batch of (D, sh, sw) images, so the conv
+        # zero-pads at stripe borders.
+        qkv_v, qkv_h = self._qkv(x, pad_h, pad_w)
+        q, k, v = qkv_v.unflatten(2, (nv, sw)).permute(4, 0, 2, 1, 3, 5).reshape(3, B * nv, Hp, sw, D).unbind(0)
+        a_v = self._attend(q, k, v, mask_v)
         pe_v = self.lepe[0](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        # Horizontal stripes (sw x Wp): a view of the branch's projection, no copy.
-        a_h, v = self._attend(self._branch_qkv(x, 1, pad_h, pad_w).view(B * nh, sw, Wp, 3, D), mask_h)
+        # Horizontal stripes (sw x Wp): views of the branch's projection, no copy.
+        q, k, v = qkv_h.reshape(B * nh, sw, Wp, 3, D).unbind(3)
+        a_h = self._attend(q, k, v, mask_h)
         pe_h = self.lepe[1](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
         stripes, rows = (B, nv, Hp, sw, D), (B, Hp, nv, sw, D)
