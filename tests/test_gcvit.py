@@ -19,6 +19,7 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 import gpvit
 from gpvit.checkpoint import CheckpointError
 from gpvit.models.gcvit import TIMM_NAMES, GCViT, to_project_layout, to_timm_layout
+from gpvit.models.layers import attention, split_heads
 from gpvit.tools.flops import count_flops
 
 VARIANTS = ['gc_vit_xxtiny', 'gc_vit_xtiny', 'gc_vit_tiny', 'gc_vit_tiny2', 'gc_vit_small', 'gc_vit_small2',
@@ -149,7 +150,6 @@ def test_same_function_as_timm_at_batch_3(variant):
 def test_attention_with_learned_bias_matches_sdpa(shared_query):
     """The written-out attention taken on the CPU for a bias that needs a gradient (training) gives SDPA's output
     and gradients for q, k, v and the bias, in float64; a shared ``(1, L, C)`` query broadcasts as in SDPA."""
-    from gpvit.models.layers import attention, split_heads
     torch.manual_seed(0)
     q = torch.randn(1 if shared_query else 6, 49, 64, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(6, 49, 64, dtype=torch.float64, requires_grad=True) for _ in range(2))
