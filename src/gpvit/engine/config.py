@@ -129,8 +129,10 @@ class TrainConfig:
     # global_batch / (loader.batch_size * world_size). Leave null to use accum_steps as given.
     global_batch: Optional[int] = checked(None, _positive, '> 0 or null')
     accum_steps: int = checked(1, _positive, '> 0')
-    amp: Literal['none', 'bf16', 'fp16'] = 'none'  # fp16 needs CUDA (GradScaler); bf16 works on CPU too
-    amp_on_cpu: bool = False  # allow amp='bf16' on CPU (otherwise CPU runs in fp32)
+    amp: Literal['none', 'bf16', 'fp16'] = 'none'  # fp16 trains with a GradScaler (dynamic loss scaling)
+    # Autocast on a CPU too: bf16 (fast where the CPU has AVX512-BF16/AMX), or fp16 with a CPU GradScaler (slow:
+    # for testing an fp16 recipe without a GPU). Off: bf16 runs in fp32 on a CPU, and fp16 is refused there.
+    amp_on_cpu: bool = False
     # Under DDP each process updates its own BatchNorm statistics; before every evaluation and checkpoint they
     # are averaged over the processes ('reduce', timm) or copied from rank 0 ('broadcast', mmcv), also in the EMA.
     dist_bn: Literal['reduce', 'broadcast'] = 'reduce'
@@ -211,8 +213,6 @@ class Config:
         if t.global_batch is not None and t.accum_steps != 1:
             raise ConfigError('train.accum_steps: derived from train.global_batch; set one of the two '
                               '(train.global_batch=null to give accum_steps)')
-        if t.amp == 'fp16' and t.amp_on_cpu:
-            raise ConfigError('train.amp_on_cpu: only bf16 autocast is supported on CPU, not fp16')
         if len(self.optim.betas) != 2:
             raise ConfigError(f'optim.betas: two values, got {self.optim.betas}')
         if self.ema.enabled and self.ema.on_cpu and self.ema.eval:

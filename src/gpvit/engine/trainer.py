@@ -62,16 +62,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_FP16_ON_CPU = ('train.amp: fp16 on a CPU is slow and off by default; use bf16 or none there, or set '
+                'train.amp_on_cpu=true to run the fp16 recipe (with its GradScaler) on the CPU anyway')
+
+
 def autocast_context(amp: str, device: torch.device, allow_cpu: bool = False):
-    """``torch.autocast`` for ``amp`` ('none', 'bf16', 'fp16') on ``device``; a null context where it does not
-    apply (CPU without ``allow_cpu``)."""
+    """``torch.autocast`` for ``amp`` ('none', 'bf16', 'fp16') on ``device``; a null context for bf16 on a CPU
+    without ``allow_cpu``."""
     if amp == 'none':
         return contextlib.nullcontext()
-    if device.type == 'cpu':
+    if device.type == 'cpu' and not allow_cpu:
         if amp == 'fp16':
-            raise ConfigError('train.amp: fp16 needs a CUDA device (use bf16, or none, on CPU)')
-        if not allow_cpu:
-            return contextlib.nullcontext()
+            raise ConfigError(_FP16_ON_CPU)
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
 
@@ -108,8 +111,8 @@ class _Trainer:
     def setup(self) -> None:
         cfg, dist = self.cfg, self.dist
         t = cfg.train
-        if t.amp == 'fp16' and dist.device.type != 'cuda':
-            raise ConfigError('train.amp: fp16 needs a CUDA device (use bf16, or none, on CPU)')
+        if t.amp == 'fp16' and dist.device.type == 'cpu' and not t.amp_on_cpu:
+            raise ConfigError(_FP16_ON_CPU)
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.deterministic:
@@ -172,7 +175,7 @@ class _Trainer:
 
         self.optimizer = build_optimizer(model, cfg, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.length, self.lr)
-        self.scaler = torch.amp.GradScaler('cuda', enabled=t.amp == 'fp16')
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == 'fp16')
         self.autocast = lambda: autocast_context(t.amp, dist.device, t.amp_on_cpu)
 
         self.model = model
