@@ -201,8 +201,8 @@ def test_reference_structure():
     assert model.stages[0].blocks[0].ls1.init_values == 1e-5 and model.stages[0].blocks[0].ls2.gamma.shape == (96,)
     assert isinstance(tiny.stages[0].blocks[0].ls1, torch.nn.Identity)
     assert model.stages[0].global_block.blocks[0].se.fc1.weight.shape == (24, 96)
-    dpr = [b.drop_path2.drop_prob for s in model.stages for b in s.blocks if hasattr(b.drop_path2, 'drop_prob')]
-    assert len(dpr) == 30 and abs(dpr[-1] - 0.3) < 1e-6  # linear over all 31 blocks, the first has none
+    dpr = [b.drop_path2.drop_prob for s in model.stages for b in s.blocks]
+    assert len(dpr) == 31 and dpr[0] == 0 and abs(dpr[-1] - 0.3) < 1e-6  # linear over all 31 blocks
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, as
                          assert_input_dtype_checked, assert_intermediates_match_feature_info,
                          assert_reset_classifier)
 from fill import fill, load_manifest
+from timm.layers import DropPath
 from timm.models import group_parameters
 
 import gpvit
 from gpvit.models.gpvit import GPBlock, LePEAttention, LePEBlock
+from gpvit.models.layers import DropPathAdd
 from gpvit.tools.flops import count_flops
 
 VARIANTS = ['gpvit_l1', 'gpvit_l2', 'gpvit_l3', 'gpvit_l4']
@@ -97,6 +99,32 @@ def test_stripe_attention_matches_direct_computation(size):
     x = torch.randn(2, *size, 48)
     with torch.no_grad():
         assert (attn(x) - _naive_stripe_attention(attn, x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize('p', [0., 0.4, 1.])
+def test_drop_path_add_is_the_residual_add_of_timms_drop_path(p):
+    """``DropPathAdd(p)(x, y)`` == ``x + DropPath(p)(y)``: same samples dropped under the same seed, same
+    output and gradients (float64); the plain sum in eval mode. Shared by both families' blocks."""
+    x = torch.randn(16, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(16, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(16, 5, 4, 3, dtype=torch.float64)
+    torch.manual_seed(3)
+    out = DropPathAdd(p).train()(x, y)
+    gx, gy = torch.autograd.grad(out, (x, y), g)
+    torch.manual_seed(3)
+    ref = x + DropPath(p).train()(y)
+    rx, ry = torch.autograd.grad(ref, (x, y), g)
+    torch.testing.assert_close(out, ref, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(gx, rx, rtol=0, atol=0)
+    torch.testing.assert_close(gy, ry, rtol=1e-15, atol=1e-15)
+    kept = (out - x).flatten(1).abs().amax(1) > 0
+    if p == 0.4:  # 16 samples at this seed: some of each, the kept ones scaled by 1 / 0.6
+        assert 0 < int(kept.sum()) < 16
+        torch.testing.assert_close((out - x)[kept], y[kept] / 0.6)
+    assert int(kept.sum()) == {0.: 16, 1.: 0}.get(p, int(kept.sum()))
+    assert torch.equal(DropPathAdd(p).eval()(x, y), x + y)
+    with pytest.raises(ValueError, match=r'drop_prob must lie in \[0, 1\], got 1.5'):
+        DropPathAdd(1.5)
 
 
 @pytest.mark.parametrize('size', [(6, 8), (7, 9)])
@@ -185,7 +213,7 @@ def test_reference_quirks():
     # No residual around a GP block and BN + ReLU at its end: its output is non-negative.
     with torch.no_grad():
         assert (model.blocks[1](torch.randn(1, 4, 4, 216)) >= 0).all()
-    dpr = [getattr(b.drop_path2, 'drop_prob', 0.) for b in model.blocks]
+    dpr = [b.drop_path2.drop_prob for b in model.blocks]
     assert dpr[0] == 0 and abs(dpr[-1] - 0.2) < 1e-6
 
 

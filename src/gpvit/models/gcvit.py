@@ -33,15 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (DropPath, LayerScale, Mlp, RelPosBias, calculate_drop_path_rates, register_notrace_function,
-                         to_2tuple)
+from timm.layers import LayerScale, Mlp, RelPosBias, calculate_drop_path_rates, register_notrace_function, to_2tuple
 from timm.layers.pos_embed_rel import resize_rel_pos_bias_table_simple
 from timm.models import generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 
 from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
 from .backbone import MIN_INPUT_SIZE, Backbone, build_backbone, init_linear_and_layernorm  # noqa: F401 (re-export)
-from .layers import attention, pad_to_multiple, window_partition, window_reverse
+from .layers import DropPathAdd, attention, pad_to_multiple, window_partition, window_reverse
 
 _logger = logging.getLogger(__name__)
 
@@ -277,11 +276,11 @@ class GCViTBlock(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.attn = WindowAttention(dim, num_heads, window_size, use_global, qkv_bias, attn_drop, proj_drop, **dd)
         self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPathAdd(drop_path)
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.ls2 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPathAdd(drop_path)
 
     def _window_attn(self, x: torch.Tensor, q_global: Optional[torch.Tensor]) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``: zero-pad to window multiples, attend per window, crop back."""
@@ -292,8 +291,8 @@ class GCViTBlock(nn.Module):
         return window_reverse(out, self.window_size, x.shape[1:3])[:, :H, :W]
 
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self._window_attn(self.norm1(x), q_global)))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = self.drop_path1(x, self.ls1(self._window_attn(self.norm1(x), q_global)))  # x + DropPath(...)
+        x = self.drop_path2(x, self.ls2(self.mlp(self.norm2(x))))
         return x
 
 

@@ -43,7 +43,7 @@ from timm.models.mlp_mixer import MixerBlock
 from ..checkpoint import CheckpointError, convert_family_checkpoint, reconcile
 from .backbone import (MIN_INPUT_SIZE, Backbone, build_backbone, device_dtype,  # noqa: F401 (re-export)
                        init_linear_and_layernorm)
-from .layers import attention, is_tracing, pad_amount, pad_to_multiple, split_heads, window_partition
+from .layers import DropPathAdd, attention, is_tracing, pad_amount, pad_to_multiple, split_heads, window_partition
 
 _logger = logging.getLogger(__name__)
 
@@ -247,15 +247,15 @@ class LePEBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim, **dd)
         self.attn = LePEAttention(dim, num_heads, stripe_width, qkv_bias, attn_drop, proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPathAdd(drop_path)
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPathAdd(drop_path)
         self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = self.drop_path1(x, self.attn(self.norm1(x)))  # x + DropPath(attn(LN(x))) in one pass
+        x = self.drop_path2(x, self.mlp(self.norm2(x)))
         return self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -344,7 +344,7 @@ class GPBlock(nn.Module):
         g = GroupingAttention(group_tokens, x)                 # (B, n, C)
         g = MixerBlock(g)                                      # token mixing (hidden C/2) + channel mixing
         y = Linear(2C -> C)(cat[x, DropPath(Ungrouping(x, g))])
-        y = y + DropPath(mlp(LN(y)))
+        y = y + DropPath(mlp(LN(y)))                           # one addcmul (DropPathAdd)
         out = ReLU(BN(dwconv3x3(y)))
 
     There is no residual around the block: ``x`` reaches the output only through the concatenation.
@@ -378,7 +378,7 @@ class GPBlock(nn.Module):
         self.proj = nn.Linear(2 * dim, dim, **dd)
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPathAdd(drop_path)
         self.conv = ConvNormAct(dim, dim, 3, padding=1, groups=dim, **dd)
         self.reset_parameters()
 
@@ -400,7 +400,7 @@ class GPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.propagate(x.flatten(1, 2))
-        y = y + self.drop_path2(self.mlp(self.norm2(y)))
+        y = self.drop_path2(y, self.mlp(self.norm2(y)))
         return self.conv(y.view(x.shape).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 

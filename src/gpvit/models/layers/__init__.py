@@ -3,6 +3,7 @@
 * :mod:`.attention`: multi-head attention on channels-last token tensors ``(B, L, C)``, in
   ``scaled_dot_product_attention`` (optionally with an additive bias or a boolean key mask);
 * :mod:`.windows`: padding maps to window multiples, window partition and reverse;
+* :mod:`.drop_path`: a residual add with stochastic depth on its branch, in one pass;
 * :mod:`.checks`: checks of the input image batch;
 * :mod:`.tracing`: whether export / compile / TorchScript tracing is running.
 
@@ -11,8 +12,9 @@ The CPU inference fast path (fused oneDNN GEMMs) is not here but in :mod:`gpvit.
 """
 from .attention import attention, merge_heads, split_heads
 from .checks import check_image_input
+from .drop_path import DropPathAdd
 from .tracing import is_tracing
 from .windows import pad_amount, pad_to_multiple, window_partition, window_reverse
 
-__all__ = ['attention', 'check_image_input', 'is_tracing', 'merge_heads', 'pad_amount', 'pad_to_multiple',
+__all__ = ['DropPathAdd', 'attention', 'check_image_input', 'is_tracing', 'merge_heads', 'pad_amount', 'pad_to_multiple',
            'split_heads', 'window_partition', 'window_reverse']

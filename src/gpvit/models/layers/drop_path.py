@@ -1,0 +1,40 @@
+"""Stochastic depth on a residual branch, added in the same pass.
+
+timm's ``x + DropPath(p)(branch)`` runs two elementwise passes over the activation in training (the per-sample
+mask multiply, then the residual add) and keeps the masked branch as an extra activation. :class:`DropPathAdd`
+computes the same ``x + branch * mask / keep`` as one ``torch.addcmul``; its backward is the same single masked
+multiply. It draws the mask exactly as timm's ``drop_path`` does (same shape, same ``bernoulli_`` call), so a
+seeded run drops the same samples.
+"""
+import torch
+from torch import nn
+
+__all__ = ['DropPathAdd']
+
+
+class DropPathAdd(nn.Module):
+    """``x + DropPath(drop_prob)(branch)``: the residual add of a block whose branch has stochastic depth.
+
+    In training each sample's branch is kept with probability ``1 - drop_prob`` and, with ``scale_by_keep``,
+    scaled by ``1 / (1 - drop_prob)``; in eval mode (or at ``drop_prob`` 0) it is ``x + branch``.
+    ``x``, ``branch``: ``(B, ...)`` of one shape -> ``(B, ...)``.
+    """
+
+    def __init__(self, drop_prob: float = 0., scale_by_keep: bool = True):
+        super().__init__()
+        if not 0. <= drop_prob <= 1.:
+            raise ValueError(f'DropPathAdd: drop_prob must lie in [0, 1], got {drop_prob}')
+        self.drop_prob = float(drop_prob)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x + branch
+        keep = 1. - self.drop_prob
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+        if keep > 0. and self.scale_by_keep:
+            mask.div_(keep)
+        return torch.addcmul(x, branch, mask)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={round(self.drop_prob, 3):0.3f}'
