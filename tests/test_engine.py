@@ -97,6 +97,31 @@ def test_param_groups_follow_the_gpvit_recipe():
     assert type(opt).__name__ == 'AdamW' and all(g['lr'] == 2e-3 for g in opt.param_groups)
 
 
+@pytest.mark.parametrize('name', ['adamw', 'momentum'])
+def test_fused_optimizer_updates_as_the_per_tensor_loop(name):
+    """``optim.fused`` (default) builds torch's fused kernel for AdamW / SGD; its updates and state are those
+    of the per-tensor implementation, so a run can switch between them (and resume across them)."""
+    torch.manual_seed(0)
+    model = gpvit.create_model('gpvit_mini', img_size=32)
+    twin = gpvit.create_model('gpvit_mini', img_size=32)
+    twin.load_state_dict(model.state_dict())
+    fused = build_optimizer(model, build_config({'train': {'epochs': 1}, 'optim': {'name': name}}), 1e-2)
+    loop = build_optimizer(twin, build_config({'train': {'epochs': 1}, 'optim': {'name': name, 'fused': False}}), 1e-2)
+    assert all(g['fused'] for g in fused.param_groups) and not any(g['fused'] for g in loop.param_groups)
+    for _ in range(3):  # the same gradients into both (the model's; a twin's own would differ by rounding)
+        model(torch.randn(2, 3, 32, 32)).square().mean().backward()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+        fused.zero_grad()
+        loop.zero_grad()
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=n)
+    loop.load_state_dict(fused.state_dict())  # the same state layout
+    assert build_optimizer(model, build_config({'train': {'epochs': 1}, 'optim': {'name': 'lamb'}}), 1e-2).defaults.get('fused') is None
+
+
 def _train_state(step: int) -> dict:
     """The smallest complete training checkpoint (what a resume needs)."""
     return {'format': FORMAT, 'model': {}, 'optimizer': {}, 'scheduler': {}, 'scaler': {}, 'epoch': 0, 'step': step}

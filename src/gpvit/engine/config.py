@@ -95,6 +95,9 @@ class OptimConfig:
     lr_mult: Dict[str, float] = field(default_factory=dict)
     layer_decay: Optional[float] = checked(None, lambda v: v is None or 0 < v <= 1, 'in (0, 1] or null')
     clip_grad: Optional[float] = checked(None, _positive, '> 0 or null')  # max L2 norm of all gradients
+    # torch's fused kernel (one pass over all parameters) for adam / adamw / sgd / momentum / nesterov, where the
+    # parameters are on a CPU or CUDA device; other optimisers and devices take their default implementation.
+    fused: bool = True
 
 
 @dataclass
