@@ -77,25 +77,49 @@ def test_measure_in_process():
     assert res.peak_mem_mb is not None and res.peak_mem_mb >= 0 and res.mem_method
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16', 'float16'])
+def test_measure_a_training_step_in_process(dtype):
+    """``mode='train'`` times whole training steps: the weights (float32, as the engine keeps them) move."""
+    model = gpvit.create_model('gpvit_mini').train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    case = bench.BenchCase('gpvit_mini', (64, 64), batch_size=2, dtype=dtype, mode='train')
+    res = bench.measure(model, case, warmup=1, min_time=0., max_iters=3)
+    assert res.status == 'ok' and res.mode == 'train' and res.iters == 1 and res.latency_ms > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    # float16: the first step's scaled gradients may overflow and be skipped; the second one updates
+    assert len(moved) > len(before) // 2, f'{len(moved)} of {len(before)} parameters updated'
+    headless = bench.BenchCase('gpvit_mini', (64, 64), mode='train')
+    with pytest.raises(ValueError, match='needs a classifier head'):
+        bench.measure(gpvit.create_model('gpvit_mini', num_classes=0), headless, warmup=0, min_time=0.)
+    with pytest.raises(ValueError, match="unsupported mode 'backward'"):
+        bench.grid_cases(['gpvit_mini'], [(64, 64)], modes=['backward'])
+
+
 def test_bench_command_writes_table_csv_png(tmp_path, capsys):
     argv = ['bench', '--models', 'gpvit_mini', '--sizes', '64', '--batch-sizes', '2', '--time-budget', '120',
-            '--min-time', '0.1', '--max-iters', '3', '--threads', '1', '--out', str(tmp_path)]
+            '--min-time', '0.1', '--max-iters', '3', '--threads', '1', '--modes', 'infer', 'train', '--out',
+            str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     model = gpvit.create_model('gpvit_mini')
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, (1, 3, 64, 64))
     rows = list(csv.DictReader(io.StringIO((tmp_path / 'custom.csv').read_text())))
-    assert len(rows) == 1
-    r = rows[0]
-    assert (r['model'], r['input_size'], r['batch_size'], r['dtype'], r['device']) == (
-        'gpvit_mini', '64x64', '2', 'float32', 'cpu')
+    assert len(rows) == 2
+    r, step = rows
+    assert (r['model'], r['input_size'], r['batch_size'], r['dtype'], r['device'], r['mode']) == (
+        'gpvit_mini', '64x64', '2', 'float32', 'cpu', 'infer')
+    assert step['mode'] == 'train' and step['status'] == 'ok', step['note']
+    assert step['flops'] == r['flops']  # the forward pass's, per image
+    assert float(step['latency_ms']) > float(r['latency_ms'])  # forward + backward + optimiser > forward
     assert r['status'] == 'ok', r['note']
     assert int(r['params']) == params and int(r['flops']) == flops
     assert float(r['latency_ms']) > 0 and float(r['peak_mem_mb']) > 0 and 1 <= int(r['iters']) <= 3
     assert float(r['throughput']) == pytest.approx(2e3 / float(r['latency_ms']), rel=1e-6)
     assert (tmp_path / 'custom.md').read_text() == out
-    assert f'| `gpvit_mini` | 64x64 | 2 | float32 | cpu | {params / 1e6:.2f}M | {flops / 1e9:.2f} |' in out
+    assert f'| `gpvit_mini` | 64x64 | 2 | float32 | cpu | infer | {params / 1e6:.2f}M | {flops / 1e9:.2f} |' in out
+    assert f'| `gpvit_mini` | 64x64 | 2 | float32 | cpu | train | {params / 1e6:.2f}M | {flops / 1e9:.2f} |' in out
     assert _png_size(tmp_path / 'custom.png') == ('PNG', (1600, 550))
 
 

@@ -28,19 +28,19 @@ def run(args: argparse.Namespace) -> int:
     devices = args.devices or ['cuda' if __import__('torch').cuda.is_available() else 'cpu']
     if suite == 'appendix':
         cases = bench.appendix_cases(args.models or ('gpvit_l1', 'gpvit_l2', 'gpvit_l3', 'gpvit_l4'), sizes,
-                                     args.batch_sizes, args.dtypes, devices)
+                                     args.batch_sizes, args.dtypes, devices, args.modes)
     else:
         if not args.models:
             raise ValueError('--suite custom needs --models')
         for name in args.models:
             bench.build_model(name)  # unknown names fail here, before anything runs
-        cases = bench.grid_cases(args.models, sizes, args.batch_sizes, args.dtypes, devices)
+        cases = bench.grid_cases(args.models, sizes, args.batch_sizes, args.dtypes, devices, args.modes)
     mem_cap = None if args.mem_cap_gb == 0 else (-1 if args.mem_cap_gb is None else int(args.mem_cap_gb * 2 ** 30))
 
     def progress(case, res) -> None:
         what = (f'{res.latency_ms:.1f} ms, {res.peak_mem_mb:.0f} MiB' if res.status == 'ok'
                 else f'{res.status}: {res.note}')
-        print(f'[{case.model} {res.input_size} b{case.batch_size} {case.dtype} {case.device}] {what}',
+        print(f'[{case.model} {res.input_size} b{case.batch_size} {case.dtype} {case.device} {case.mode}] {what}',
               file=sys.stderr, flush=True)
 
     results = bench.run_benchmark(cases, time_budget=args.time_budget, mem_cap=mem_cap, warmup=args.warmup,
@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--batch-sizes', nargs='+', type=int, default=[1])
     p.add_argument('--dtypes', nargs='+', default=['float32'], choices=('float32', 'bfloat16', 'float16'))
     p.add_argument('--devices', nargs='+', help='cpu, cuda (default: cuda if available, else cpu)')
+    p.add_argument('--modes', nargs='+', default=['infer'], choices=('infer', 'train'),
+                   help='infer: a forward pass in eval mode (weights and input in the dtype); train: a training '
+                        'step (float32 weights, autocast to the dtype, cross-entropy, backward, fused AdamW)')
     p.add_argument('--time-budget', type=float, default=60.,
                    help='seconds per case for warm-up + timed iterations; beyond: timeout')
     p.add_argument('--mem-cap-gb', type=float,

@@ -16,7 +16,9 @@ How each number is measured:
   fit in memory or time.
 * **Latency**: wall time of one forward pass of the batch (``torch.inference_mode``, eval mode), median over
   the timed iterations that follow ``warmup`` untimed ones; CUDA is synchronised around each iteration.
-  **Throughput** = batch size / median latency.
+  **Throughput** = batch size / median latency. With ``mode='train'`` (``--modes train``) the timed iteration
+  is a training step instead (train mode, float32 weights, autocast to the case's dtype with a GradScaler for
+  float16, cross-entropy on random labels, backward, fused AdamW: the engine's defaults), about 3x the FLOPs.
 * **Peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed iterations (weights,
   input and activations; the caching allocator's reserve is not counted). On CPU, allocations of torch are
   invisible to ``tracemalloc``; the process's resident set is measured instead: the kernel's peak-RSS mark

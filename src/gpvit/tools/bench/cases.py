@@ -11,6 +11,7 @@ APPENDIX_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (512, 512), (800, 128
 #: Token-grid sides of the Figure 5 sweep: 28x28 (224x224 at stride 8) to 256x256 tokens.
 FIGURE5_SIDES: Tuple[int, ...] = (28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+MODES = ('infer', 'train')
 #: Heads of the plain-ViT baselines: GPViT's widths (216, 348, 432, 624) have no common head size of 64, so the
 #: baselines use 6 heads, GPViT's own number of global (grouping/ungrouping) heads. FLOPs do not depend on it.
 PLAIN_VIT_HEADS = 6
@@ -26,14 +27,19 @@ class BenchCase:
             ``vit_plain_p{patch}_c{width}[_d{depth}][_h{heads}]`` (depth 12, 6 heads by default).
         input_size: ``(H, W)``.
         batch_size: images per forward pass.
-        dtype: ``'float32'``, ``'bfloat16'`` or ``'float16'``: weights and input are cast to it.
+        dtype: ``'float32'``, ``'bfloat16'`` or ``'float16'``. Inference: weights and input are cast to it.
+            Training: mixed precision as the engine trains (float32 weights, autocast to the dtype, a GradScaler
+            for float16).
         device: ``'cpu'`` or ``'cuda'`` (``'cuda:N'``).
+        mode: ``'infer'`` (a forward pass in eval mode) or ``'train'`` (a training step: train mode, forward,
+            cross-entropy on random labels, backward, the engine's default optimiser step, fused AdamW).
     """
     model: str
     input_size: Tuple[int, int]
     batch_size: int = 1
     dtype: str = 'float32'
     device: str = 'cpu'
+    mode: str = 'infer'
 
 
 @dataclass
@@ -41,14 +47,15 @@ class BenchResult:
     """Measurements of one case; see the module docstring for the methods.
 
     ``status`` is ``'ok'``, ``'OOM'``, ``'timeout'`` or ``'error'``; ``note`` says why for the others.
-    ``flops`` is per image (batch 1); ``latency_ms`` per batch (median); ``throughput`` in images/s;
-    ``peak_mem_mb`` in MiB.
+    ``flops`` is the forward pass's, per image (batch 1; a training step is about 3x); ``latency_ms`` per batch
+    (a forward pass or a training step, median); ``throughput`` in images/s; ``peak_mem_mb`` in MiB.
     """
     model: str
     input_size: str
     batch_size: int
     dtype: str
     device: str
+    mode: str = 'infer'
     params: Optional[int] = None
     flops: Optional[int] = None
     latency_ms: Optional[float] = None
@@ -119,15 +126,20 @@ def appendix_cases(
         batch_sizes: Sequence[int] = (1,),
         dtypes: Sequence[str] = ('float32',),
         devices: Sequence[str] = ('cpu',),
+        modes: Sequence[str] = ('infer',),
 ) -> List[BenchCase]:
     """The appendix comparison: each variant and its two plain-ViT baselines at each size."""
     models = [m for v in variants for m in appendix_models(v)]
-    return grid_cases(models, sizes, batch_sizes, dtypes, devices)
+    return grid_cases(models, sizes, batch_sizes, dtypes, devices, modes)
 
 
 def grid_cases(models: Sequence[str], sizes: Sequence[Tuple[int, int]], batch_sizes: Sequence[int] = (1,),
-               dtypes: Sequence[str] = ('float32',), devices: Sequence[str] = ('cpu',)) -> List[BenchCase]:
+               dtypes: Sequence[str] = ('float32',), devices: Sequence[str] = ('cpu',),
+               modes: Sequence[str] = ('infer',)) -> List[BenchCase]:
     """Every combination, models outermost."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f'unsupported mode {mode!r}; choose from {", ".join(MODES)}')
     for d in dtypes:
         if d not in DTYPES:
             raise ValueError(f'unsupported dtype {d!r}; choose from {", ".join(DTYPES)}')
@@ -139,8 +151,8 @@ def grid_cases(models: Sequence[str], sizes: Sequence[Tuple[int, int]], batch_si
     for b in batch_sizes:
         if b < 1:
             raise ValueError(f'batch size must be >= 1, got {b}')
-    return [BenchCase(m, tuple(s), b, d, dev)
-            for m in models for s in sizes for b in batch_sizes for d in dtypes for dev in devices]
+    return [BenchCase(m, tuple(s), b, d, dev, mode) for m in models for s in sizes for b in batch_sizes
+            for d in dtypes for dev in devices for mode in modes]
 
 
 def size_str(size: Tuple[int, int]) -> str:

@@ -61,7 +61,7 @@ def _run_worker(case: BenchCase, time_budget: float, mem_cap: Optional[int], war
     threading.Thread(target=err_reader, daemon=True).start()
     proc.stdin.write(json.dumps(job) + '\n')
     proc.stdin.close()
-    base = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device)
+    base = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode)
 
     def wait_event(timeout: float) -> Optional[dict]:
         deadline = time.monotonic() + timeout

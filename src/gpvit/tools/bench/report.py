@@ -14,14 +14,14 @@ def _failed(r: BenchResult) -> str:
 
 def results_markdown(results: Sequence[BenchResult]) -> str:
     """Markdown table; the measured columns of a failed case name the failure, and notes follow the table."""
-    header = ['model', 'input', 'batch', 'dtype', 'device', 'params', 'GFLOPs/img', 'latency (ms)',
+    header = ['model', 'input', 'batch', 'dtype', 'device', 'mode', 'params', 'GFLOPs/img', 'latency (ms)',
               'throughput (img/s)', 'peak mem (MiB)', 'status']
     rows, notes = [], []
     for r in results:
         ok = r.status == 'ok'
         f = _failed(r)
         rows.append([
-            f'`{r.model}`', r.input_size, r.batch_size, r.dtype, r.device,
+            f'`{r.model}`', r.input_size, r.batch_size, r.dtype, r.device, r.mode,
             '–' if r.params is None else f'{r.params / 1e6:.2f}M',
             '–' if r.flops is None else f'{r.flops / 1e9:.2f}',
             f'{r.latency_ms:.1f}' if ok else f,
@@ -30,9 +30,9 @@ def results_markdown(results: Sequence[BenchResult]) -> str:
             r.status,
         ])
         if not ok and r.note:
-            notes.append(f'- `{r.model}` {r.input_size} batch {r.batch_size} {r.dtype} {r.device}: '
+            notes.append(f'- `{r.model}` {r.input_size} batch {r.batch_size} {r.dtype} {r.device} {r.mode}: '
                          f'{r.status}: {r.note}')
-    text = format_markdown(header, rows, 'lllllrrrrrl')
+    text = format_markdown(header, rows, 'llllllrrrrrl')
     if notes:
         text += '\n' + '\n'.join(notes) + '\n'
     return text
@@ -59,7 +59,7 @@ def plot_results(results: Sequence[BenchResult], path: os.PathLike, title: str =
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     sizes = list(dict.fromkeys(r.input_size for r in results))
-    vary = [k for k in ('batch_size', 'dtype', 'device') if len({getattr(r, k) for r in results}) > 1]
+    vary = [k for k in ('batch_size', 'dtype', 'device', 'mode') if len({getattr(r, k) for r in results}) > 1]
     series: Dict[str, List[BenchResult]] = {}
     for r in results:
         series.setdefault(_series_label(r, vary), []).append(r)

@@ -2,14 +2,16 @@
 
 Run by the driver as ``python -m gpvit.tools.bench.worker``; a case that runs out of memory or time takes
 down only its own process."""
+import contextlib
 import json
 import sys
 import time
 from dataclasses import asdict
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .cases import DTYPES, BenchCase, BenchResult, build_model, first_line, size_str
 from .memory import is_oom, max_rss_bytes, proc_status_kb, reset_peak_rss, resource, rss_bytes
@@ -24,17 +26,22 @@ def measure(
 ) -> BenchResult:
     """Time ``model`` on a random batch of ``case`` in this process and measure its peak memory.
 
-    ``model`` must already be on the case's device and dtype. Runs ``warmup`` untimed iterations, then timed
-    ones until ``min_time`` seconds have passed or ``max_iters`` were run (at least one). Out-of-memory errors
-    give status ``'OOM'``; other exceptions propagate.
+    ``model`` must already be on the case's device, and in the case's dtype for inference (float32 for
+    training, which autocasts). Runs ``warmup`` untimed iterations (forward passes or training steps), then
+    timed ones until ``min_time`` seconds have passed or ``max_iters`` were run (at least one). Out-of-memory
+    errors give status ``'OOM'``; other exceptions propagate.
     """
-    res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device)
+    res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode)
     device = torch.device(case.device)
     cuda = device.type == 'cuda'
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     times: List[float] = []
     try:
-        x = torch.randn(case.batch_size, 3, *case.input_size, device=device, dtype=DTYPES[case.dtype])
+        if case.mode == 'train':
+            run, grad = train_step(model, case), contextlib.nullcontext
+        else:
+            x = torch.randn(case.batch_size, 3, *case.input_size, device=device, dtype=DTYPES[case.dtype])
+            run, grad = (lambda: model(x)), torch.inference_mode
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
             res.mem_method = 'cuda max_memory_allocated'
@@ -42,14 +49,14 @@ def measure(
             base = rss_before_model if rss_before_model is not None else rss_bytes()
             res.mem_method = ('peak RSS - RSS before model' if reset_peak_rss()
                               else 'ru_maxrss - RSS before model (upper bound)')
-        with torch.inference_mode():
+        with grad():
             for _ in range(warmup):
-                model(x)
+                run()
                 sync()
             start = time.perf_counter()
             while not times or (len(times) < max_iters and time.perf_counter() - start < min_time):
                 t0 = time.perf_counter()
-                model(x)
+                run()
                 sync()
                 times.append(time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a result; the rest propagates
@@ -71,10 +78,33 @@ def measure(
     return res
 
 
+def train_step(model: nn.Module, case: BenchCase) -> Callable[[], None]:
+    """One training step of ``model`` (float32 weights, train mode) on a random batch and random labels, as
+    the engine runs it: autocast to the case's dtype unless float32 (float16 with a GradScaler),
+    cross-entropy, backward, fused AdamW."""
+    device = torch.device(case.device)
+    num_classes = getattr(model, 'num_classes', 0)
+    if not num_classes:
+        raise ValueError(f'{case.model}: a training step needs a classifier head (num_classes > 0)')
+    x = torch.randn(case.batch_size, 3, *case.input_size, device=device)
+    y = torch.randint(0, num_classes, (case.batch_size,), device=device)
+    dtype = DTYPES[case.dtype]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
+
+
 def _runtime_warmup() -> None:
     """Run a few tiny ops so that one-time runtime set-up (thread pools, kernel caches) is not counted as the
     memory of the case."""
-    import torch.nn.functional as F
     x = torch.randn(1, 8, 16, 16)
     F.conv2d(x, torch.randn(8, 8, 3, 3), padding=1)
     q = torch.randn(1, 2, 16, 8)
@@ -97,9 +127,12 @@ def main() -> int:
     try:
         _runtime_warmup()
         rss0 = rss_bytes()
-        model = build_model(case.model).to(device=case.device, dtype=DTYPES[case.dtype])
-        for p in model.parameters():
-            p.requires_grad_(False)
+        if case.mode == 'train':
+            model = build_model(case.model).to(device=case.device).train()
+        else:
+            model = build_model(case.model).to(device=case.device, dtype=DTYPES[case.dtype])
+            for p in model.parameters():
+                p.requires_grad_(False)
         cap = job.get('mem_cap')
         if cap:
             if case.device == 'cpu':
@@ -118,7 +151,7 @@ def main() -> int:
         send('ready')
         res = measure(model, case, job['warmup'], job['min_time'], job['max_iters'], rss_before_model=rss0)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which marks the case
-        res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device,
+        res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode,
                           status='OOM' if is_oom(e) else 'error', note=first_line(e))
     send('result', result=asdict(res))
     return 0
