@@ -15,12 +15,16 @@ from ..errors import ConfigError
 
 __all__ = ['RESULT_NEUTRAL', 'config_changes', 'check_resume_changes']
 
-#: Dotted keys (or sections) whose value does not change the trained weights.
+#: Dotted keys (or sections) whose value does not change the trained weights. ``train.threads`` and
+#: ``optim.fused`` choose how the same arithmetic is carried out (thread count, fused or per-tensor optimiser
+#: kernel), which can move the last bits but not the method; a run checkpointed before ``optim.fused`` existed
+#: resumes with it.
 RESULT_NEUTRAL: Tuple[str, ...] = (
     'output_dir', 'dataset', 'log', 'data.root',
     'loader.workers', 'loader.pin_memory', 'loader.persistent_workers', 'loader.prefetch_factor',
     'loader.eval_batch_size',
     'train.log_interval', 'train.threads', 'train.eval_interval', 'train.eval_at_start',
+    'optim.fused',
     'ckpt.keep_last', 'ckpt.interval', 'ckpt.save_best', 'ema.eval',
 )
 
