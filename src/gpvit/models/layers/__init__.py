@@ -16,5 +16,5 @@ from .drop_path import DropPathAdd
 from .tracing import is_tracing
 from .windows import pad_amount, pad_to_multiple, window_partition, window_reverse
 
-__all__ = ['DropPathAdd', 'attention', 'check_image_input', 'is_tracing', 'merge_heads', 'pad_amount', 'pad_to_multiple',
-           'split_heads', 'window_partition', 'window_reverse']
+__all__ = ['DropPathAdd', 'attention', 'check_image_input', 'is_tracing', 'merge_heads', 'pad_amount',
+           'pad_to_multiple', 'split_heads', 'window_partition', 'window_reverse']

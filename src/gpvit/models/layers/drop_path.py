@@ -1,8 +1,8 @@
 """Stochastic depth on a residual branch, added in the same pass.
 
 timm's ``x + DropPath(p)(branch)`` runs two elementwise passes over the activation in training (the per-sample
-mask multiply, then the residual add) and keeps the masked branch as an extra activation. :class:`DropPathAdd`
-computes the same ``x + branch * mask / keep`` as one ``torch.addcmul``; its backward is the same single masked
+mask multiply into a temporary of the activation's size, then the residual add). :class:`DropPathAdd` computes
+the same ``x + branch * mask / keep`` as one ``torch.addcmul``; its backward is the same single masked
 multiply. It draws the mask exactly as timm's ``drop_path`` does (same shape, same ``bernoulli_`` call), so a
 seeded run drops the same samples.
 """
