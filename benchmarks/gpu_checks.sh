@@ -5,11 +5,17 @@
 #   and padded to multiples of 8, per backend), and `gpvit bench` training and inference images/s of GPViT
 #   L1-L4 and GC ViT-T at 224 and of GPViT-L1 against a plain ViT-P16 at 800x1280.
 # Results go to $OUT (default gpu-results/): at most 8 files, two folders deep.
-# Run from the repository root with the package importable (pip install -e ., or PYTHONPATH=src).
+# Run from the repository root; the package is imported from src/. Wheels in .whl/ (e.g. a newer timm for a
+# machine without network) are installed into /tmp/site first and take precedence.
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+if compgen -G '.whl/*.whl' > /dev/null; then
+  python -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi -L; python -c 'import sys, torch, timm; print(sys.version.split()[0], "torch", torch.__version__,
   "timm", timm.__version__, torch.cuda.get_device_name())'; } 2>&1 | tee "$OUT/device.txt"
 python -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 40 | tee "$OUT/test_cuda.txt"
