@@ -90,6 +90,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--batch', type=int, default=64, help='images (GPViT-L1 at 224x224)')
     p.add_argument('--iters', type=int, default=20)
     args = p.parse_args(argv)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        p.error(f'--device {args.device}: CUDA is not available here (use --device cpu)')
     title = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'CPU')
     print(f'SDPA at GPViT-L1 head dimensions, {title}, torch {torch.__version__}, batch {args.batch}, '
           f'median of {args.iters}')
