@@ -66,6 +66,12 @@ class BenchResult:
     status: str = 'ok'
     note: str = ''
 
+    @classmethod
+    def for_case(cls, case: 'BenchCase', **kwargs) -> 'BenchResult':
+        """A result naming ``case`` (its model, size, batch, dtype, device and mode), measurements to come."""
+        return cls(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode,
+                   **kwargs)
+
 
 def parse_size(text: str) -> Tuple[int, int]:
     """``'224'`` -> ``(224, 224)``; ``'800x1280'`` -> ``(800, 1280)`` (height x width)."""

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 
 from ..flops import count_flops_symbolic
-from .cases import BenchCase, BenchResult, build_model, first_line, size_str
+from .cases import BenchCase, BenchResult, build_model, first_line
 from .memory import default_mem_cap
 
 def _static_costs(name: str, input_size: Tuple[int, int], cache: Dict) -> Tuple[Optional[int], Optional[int], str]:
@@ -61,7 +61,7 @@ def _run_worker(case: BenchCase, time_budget: float, mem_cap: Optional[int], war
     threading.Thread(target=err_reader, daemon=True).start()
     proc.stdin.write(json.dumps(job) + '\n')
     proc.stdin.close()
-    base = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode)
+    base = BenchResult.for_case(case)
 
     def wait_event(timeout: float) -> Optional[dict]:
         deadline = time.monotonic() + timeout

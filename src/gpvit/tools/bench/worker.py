@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cases import DTYPES, BenchCase, BenchResult, build_model, first_line, size_str
+from .cases import DTYPES, BenchCase, BenchResult, build_model, first_line
 from .memory import is_oom, max_rss_bytes, proc_status_kb, reset_peak_rss, resource, rss_bytes
 
 def measure(
@@ -31,7 +31,7 @@ def measure(
     timed ones until ``min_time`` seconds have passed or ``max_iters`` were run (at least one). Out-of-memory
     errors give status ``'OOM'``; other exceptions propagate.
     """
-    res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode)
+    res = BenchResult.for_case(case)
     device = torch.device(case.device)
     cuda = device.type == 'cuda'
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -151,8 +151,7 @@ def main() -> int:
         send('ready')
         res = measure(model, case, job['warmup'], job['min_time'], job['max_iters'], rss_before_model=rss0)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which marks the case
-        res = BenchResult(case.model, size_str(case.input_size), case.batch_size, case.dtype, case.device, case.mode,
-                          status='OOM' if is_oom(e) else 'error', note=first_line(e))
+        res = BenchResult.for_case(case, status='OOM' if is_oom(e) else 'error', note=first_line(e))
     send('result', result=asdict(res))
     return 0
 
