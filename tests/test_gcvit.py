@@ -12,13 +12,14 @@ from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, as
                          assert_input_dtype_checked, assert_intermediates_match_feature_info,
                          assert_reset_classifier)
 from fill import fill, load_manifest
+from timm.layers import DropPath
 from timm.models import group_parameters
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
 from timm.models._manipulate import reinit_non_persistent_buffers
 
 import gpvit
 from gpvit.checkpoint import CheckpointError
-from gpvit.models.gcvit import TIMM_NAMES, GCViT, to_project_layout, to_timm_layout
+from gpvit.models.gcvit import TIMM_NAMES, GCViT, GCViTBlock, to_project_layout, to_timm_layout
 from gpvit.models.layers import attention, split_heads
 from gpvit.tools.flops import count_flops
 
@@ -162,6 +163,41 @@ def test_attention_with_learned_bias_matches_sdpa(shared_query):
     for a, b, name in zip(torch.autograd.grad(ours, (q, k, v, bias), grad),
                           torch.autograd.grad(sdpa, (q, k, v, bias), grad), 'q k v bias'.split()):
         assert torch.allclose(a, b, rtol=0, atol=1e-11), name
+
+
+@pytest.mark.parametrize('drop_path', [0., 0.5])
+def test_block_with_layer_scale_is_the_residual_of_timms_layer_scale_and_drop_path(drop_path):
+    """The S/B/L block passes its layer scale into the residual add (one pass): the same function as
+    ``x + DropPath(LayerScale(branch))`` in train mode under the same seed (float64: output and the input, gamma
+    and weight gradients), and TorchScript compiles it."""
+    torch.manual_seed(0)
+    block = GCViTBlock(32, 2, (7, 7), layer_scale=1e-5, drop_path=drop_path).double().train()
+    with torch.no_grad():
+        block.ls1.gamma.uniform_(0.5, 1.5)
+        block.ls2.gamma.uniform_(-1., 1.)
+    x = torch.randn(8, 14, 14, 32, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(8, 14, 14, 32, dtype=torch.float64)
+    wrt = (x, block.ls1.gamma, block.ls2.gamma, block.attn.qkv.weight, block.mlp.fc1.weight)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        drop = DropPath(drop_path).train(block.training)
+        x = x + drop(block.ls1(block._window_attn(block.norm1(x), None)))
+        return x + drop(block.ls2(block.mlp(block.norm2(x))))
+
+    torch.manual_seed(1)
+    out = block(x)
+    grads = torch.autograd.grad(out, wrt, g)
+    torch.manual_seed(1)
+    ref = plain(x)
+    ref_grads = torch.autograd.grad(ref, wrt, g)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if drop_path:  # some of the 8 samples lost a branch at this seed
+        assert (ref - x).flatten(1).abs().amax(1).min() < (ref - x).abs().max()
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(block)(x), plain(x), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize('size', [(224, 224), (96, 128)])

@@ -123,6 +123,16 @@ def test_drop_path_add_is_the_residual_add_of_timms_drop_path(p):
         torch.testing.assert_close((out - x)[kept], y[kept] / 0.6)
     assert int(kept.sum()) == {0.: 16, 1.: 0}.get(p, int(kept.sum()))
     assert torch.equal(DropPathAdd(p).eval()(x, y), x + y)
+    # with a layer scale (C,) in the same pass: x + DropPath(y * gamma), gamma's gradient included
+    gamma = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    out = DropPathAdd(p).train()(x, y, gamma)
+    grads = torch.autograd.grad(out, (x, y, gamma), g)
+    torch.manual_seed(3)
+    ref = x + DropPath(p).train()(y * gamma)
+    for a, b in zip((out,) + grads, (ref,) + torch.autograd.grad(ref, (x, y, gamma), g)):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(DropPathAdd(p).eval()(x, y, gamma), x + y * gamma, rtol=1e-15, atol=1e-15)
     with pytest.raises(ValueError, match=r'drop_prob must lie in \[0, 1\], got 1.5'):
         DropPathAdd(1.5)
 

@@ -291,9 +291,13 @@ class GCViTBlock(nn.Module):
         return window_reverse(out, self.window_size, x.shape[1:3])[:, :H, :W]
 
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.drop_path1(x, self.ls1(self._window_attn(self.norm1(x), q_global)))  # x + DropPath(...)
-        x = self.drop_path2(x, self.ls2(self.mlp(self.norm2(x))))
-        return x
+        # x + DropPath(gamma * branch) in one pass each: the layer scale's gamma goes into the residual add
+        # (``hasattr`` is resolved when TorchScript compiles, so the Identity of T and smaller is never asked for it)
+        if hasattr(self.ls1, 'gamma'):
+            x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global), self.ls1.gamma)
+            return self.drop_path2(x, self.mlp(self.norm2(x)), self.ls2.gamma)
+        x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global))
+        return self.drop_path2(x, self.mlp(self.norm2(x)))
 
 
 class GCViTStage(nn.Module):
