@@ -5,7 +5,8 @@ mask multiply into a temporary of the activation's size, then the residual add).
 the same ``x + branch * mask / keep`` as one ``torch.addcmul``; its backward is the same single masked
 multiply. It draws the mask exactly as timm's ``drop_path`` does (same shape, same ``bernoulli_`` call), so a
 seeded run drops the same samples. A block with a layer scale (timm's ``LayerScale``, ``branch * gamma``) passes
-``gamma`` along and it joins the per-sample factor, a ``(B, 1, .., C)`` tensor: one pass instead of three.
+``gamma`` along and it joins the per-sample factor, a ``(B, 1, .., C)`` tensor: one pass where timm's
+``LayerScale``, ``DropPath`` and add take three.
 """
 from typing import Optional
 
