@@ -191,7 +191,7 @@ class FusedGCViTBlock(_ScriptsAsPlain, GCViTBlock):
     (XXT-T2); with layer scale (S, B, L) the plain forward, whose MLP still fuses fc1 + GELU."""
 
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not isinstance(self.ls2, nn.Identity) or not fast_path_applies(x, self):
+        if hasattr(self.ls2, 'gamma') or not fast_path_applies(x, self):
             return super().forward(x, q_global)
         x = x + self.ls1(self._window_attn(self.norm1(x), q_global))
         return self.mlp(self.norm2(x), residual=x)

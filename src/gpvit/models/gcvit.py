@@ -293,11 +293,12 @@ class GCViTBlock(nn.Module):
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
         # x + DropPath(gamma * branch) in one pass each: the layer scale's gamma goes into the residual add
         # (``hasattr`` is resolved when TorchScript compiles, so the Identity of T and smaller is never asked for it)
+        gamma1: Optional[torch.Tensor] = None
+        gamma2: Optional[torch.Tensor] = None
         if hasattr(self.ls1, 'gamma'):
-            x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global), self.ls1.gamma)
-            return self.drop_path2(x, self.mlp(self.norm2(x)), self.ls2.gamma)
-        x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global))
-        return self.drop_path2(x, self.mlp(self.norm2(x)))
+            gamma1, gamma2 = self.ls1.gamma, self.ls2.gamma
+        x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global), gamma1)
+        return self.drop_path2(x, self.mlp(self.norm2(x)), gamma2)
 
 
 class GCViTStage(nn.Module):
