@@ -12,14 +12,15 @@ from backbonekit import (BAD_INPUTS, assert_backward_reaches_every_parameter, as
                          assert_input_dtype_checked, assert_intermediates_match_feature_info,
                          assert_reset_classifier)
 from fill import fill, load_manifest
-from timm.layers import DropPath
+from timm.layers import DropPath, RelPosBias
 from timm.models import group_parameters
 from timm.layers.pos_embed_rel import gen_relative_position_index, resize_rel_pos_bias_table_simple
 from timm.models._manipulate import reinit_non_persistent_buffers
 
 import gpvit
 from gpvit.checkpoint import CheckpointError
-from gpvit.models.gcvit import TIMM_NAMES, GCViT, GCViTBlock, to_project_layout, to_timm_layout
+from gpvit.models.gcvit import (TIMM_NAMES, GCViT, GCViTBlock, RelPosBiasGather, to_project_layout,
+                                to_timm_layout)
 from gpvit.models.layers import attention, split_heads
 from gpvit.tools.flops import count_flops
 
@@ -163,6 +164,23 @@ def test_attention_with_learned_bias_matches_sdpa(shared_query):
     for a, b, name in zip(torch.autograd.grad(ours, (q, k, v, bias), grad),
                           torch.autograd.grad(sdpa, (q, k, v, bias), grad), 'q k v bias'.split()):
         assert torch.allclose(a, b, rtol=0, atol=1e-11), name
+
+
+@pytest.mark.parametrize('window', [(7, 7), (14, 14), (6, 10)])
+def test_relative_position_bias_gather_is_timms_bias(window):
+    """The head-major gather gives timm's ``RelPosBias`` bias (bit for bit) and its table gradient (float64)."""
+    torch.manual_seed(0)
+    ours = RelPosBiasGather(window, 3).double()
+    timms = RelPosBias(window, 3).double()
+    timms.load_state_dict(ours.state_dict())
+    assert ours.get_bias().shape == (1, 3, window[0] * window[1], window[0] * window[1])
+    assert ours.get_bias().is_contiguous()  # SDPA's mask: a strided one slows the kernel
+    assert torch.equal(ours.get_bias(), timms.get_bias())
+    g = torch.randn(ours.get_bias().shape, dtype=torch.float64)
+    a, = torch.autograd.grad(ours.get_bias(), ours.relative_position_bias_table, g)
+    b, = torch.autograd.grad(timms.get_bias(), timms.relative_position_bias_table, g)
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    assert a.abs().amin() > 0  # every table entry is used
 
 
 @pytest.mark.parametrize('drop_path', [0., 0.5])
