@@ -205,6 +205,21 @@ def test_bf16_autocast_on_cpu_trains(folder, tmp_path):
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # master weights stay fp32
 
 
+@pytest.mark.parametrize('keep', [True, False])
+def test_cpu_runs_keep_freed_memory_unless_told_not_to(folder, tmp_path, monkeypatch, keep):
+    """A CPU run sets glibc's malloc to keep freed activations (``train.keep_freed_memory``, on by default);
+    false leaves the allocator alone. (The call itself is tested in test_tools_bench.py; here it is counted, so
+    that the test process keeps glibc's defaults.)"""
+    import gpvit.engine.trainer as trainer_module
+    calls = []
+    monkeypatch.setattr(trainer_module, 'keep_freed_memory', lambda: calls.append(1) or True)
+    overrides = () if keep else ('train.keep_freed_memory=false',)
+    cfg = tiny_config(folder['root'], tmp_path / 'run', overrides, train={'epochs': 1}, sched={'warmup_iters': 1})
+    assert cfg.train.keep_freed_memory is keep
+    train(cfg)
+    assert calls == ([1] if keep else [])
+
+
 class _Killed(Exception):
     pass
 

@@ -17,13 +17,13 @@ __all__ = ['RESULT_NEUTRAL', 'config_changes', 'check_resume_changes']
 
 #: Dotted keys (or sections) whose value does not change the trained weights. ``train.threads`` and
 #: ``optim.fused`` choose how the same arithmetic is carried out (thread count, fused or per-tensor optimiser
-#: kernel), which can move the last bits but not the method; a run checkpointed before ``optim.fused`` existed
-#: resumes with it.
+#: kernel), which can move the last bits but not the method; ``train.keep_freed_memory`` only where memory comes
+#: from. A run checkpointed before ``optim.fused`` or ``train.keep_freed_memory`` existed resumes with them.
 RESULT_NEUTRAL: Tuple[str, ...] = (
     'output_dir', 'dataset', 'log', 'data.root',
     'loader.workers', 'loader.pin_memory', 'loader.persistent_workers', 'loader.prefetch_factor',
     'loader.eval_batch_size',
-    'train.log_interval', 'train.threads', 'train.eval_interval', 'train.eval_at_start',
+    'train.log_interval', 'train.threads', 'train.keep_freed_memory', 'train.eval_interval', 'train.eval_at_start',
     'optim.fused',
     'ckpt.keep_last', 'ckpt.interval', 'ckpt.save_best', 'ema.eval',
 )

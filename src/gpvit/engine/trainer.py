@@ -31,6 +31,7 @@ from .config import Config, ConfigError, dump_config, to_dict
 from .data import ResumableSampler, build_eval_loader, build_train_loader
 from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
 from .logs import MetricsLog, plot_curves, setup_logging
+from .malloc import keep_freed_memory
 from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
 from .lock import RunLock
 from .resume import check_resume_changes
@@ -115,6 +116,8 @@ class _Trainer:
             raise ConfigError(_FP16_ON_CPU)
         if t.threads:
             torch.set_num_threads(t.threads)
+        if t.keep_freed_memory and dist.device.type == 'cpu':
+            keep_freed_memory()
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
