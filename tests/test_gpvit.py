@@ -15,7 +15,7 @@ from timm.models import group_parameters
 
 import gpvit
 from gpvit.models.gpvit import GPBlock, LePEAttention, LePEBlock
-from gpvit.models.layers import DropPathAdd
+from gpvit.models.layers import DropPathAdd, attention, split_heads
 from gpvit.tools.flops import count_flops
 
 VARIANTS = ['gpvit_l1', 'gpvit_l2', 'gpvit_l3', 'gpvit_l4']
@@ -154,6 +154,33 @@ def test_stripe_attention_gradients_match_direct_computation(size):
     assert torch.allclose(attn(x), _naive_stripe_attention(attn, x), rtol=0, atol=1e-12)
     for name, a, b in zip(['input'] + [n for n, _ in attn.named_parameters()], ours, direct):
         assert torch.allclose(a, b, rtol=0, atol=1e-11), name
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('masked', [False, True])
+def test_half_precision_attention_trains_in_float32_on_cpu(dtype, masked):
+    """Under autograd on the CPU, half-precision attention is SDPA on float32 copies (its half-precision backward
+    is several times slower there), cast back: the same output and gradients bit for bit, inside bf16 autocast
+    too; inference keeps the half-precision kernel."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 10, 24).to(dtype).requires_grad_() for _ in range(3))
+    mask = (torch.rand(4, 1, 1, 10) > 0.3) if masked else None
+    grad = torch.randn(4, 10, 24).to(dtype)
+
+    def split(t, dt):
+        return split_heads(t.to(dt), 3)
+
+    ours = attention(q, k, v, 3, attn_mask=mask)
+    ref = F.scaled_dot_product_attention(split(q, torch.float32), split(k, torch.float32), split(v, torch.float32),
+                                         attn_mask=mask).to(dtype).transpose(1, 2).flatten(2)
+    assert ours.dtype == dtype and torch.equal(ours, ref)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert a.dtype == dtype and torch.equal(a, b)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(attention(q, k, v, 3, attn_mask=mask), ours)
+    with torch.no_grad():
+        half = F.scaled_dot_product_attention(split(q, dtype), split(k, dtype), split(v, dtype), attn_mask=mask)
+        assert torch.equal(attention(q, k, v, 3, attn_mask=mask), half.transpose(1, 2).flatten(2))
 
 
 # ----------------------------------------------------------------------------------------------------------
