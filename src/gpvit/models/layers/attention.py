@@ -33,11 +33,12 @@ def _float32_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether SDPA runs in float32 for bfloat16 / float16 inputs: under autograd, on the CPU.
 
     PyTorch's CPU flash kernel is slow to differentiate in half precision at short sequences: forward + backward
-    at GPViT-L1's stripes (q ``(224, 6, 112, 18)``, 2 threads, torch 2.14) take 320 ms in bfloat16 against 58
-    ms in float32, at 196 tokens 141 against 76, at 784 153 against 128; its forward alone is faster in
-    bfloat16 (12 against 18 ms), so inference keeps the half type; float16 likewise (289 against 71 ms at the
-    stripes). Under bf16 autocast the kernel's backward was half of GPViT-L1's training step. CUDA's
-    kernels are fast in half precision and are left alone.
+    of one branch of GPViT-L1's stripe attention at 224x224, batch 8 (q ``(112, 6, 56, 18)``, 2 threads, torch
+    2.14) takes 70 ms in bfloat16 against 12.5 in float32; at 112-token stripes 265-320 against 58, at 196
+    tokens 141 against 76, at 784 153 against 128, and float16 is as slow (289 against 71 ms at 112 tokens).
+    Its forward alone is as fast or faster in bfloat16 (12 against 15-18 ms at 112 tokens), so inference keeps
+    the half type. Under bf16 autocast this backward was half of GPViT-L1's training step. CUDA's kernels are
+    fast in half precision and are left alone.
     """
     if not torch.jit.is_scripting():
         if isinstance(q, torch.fx.Proxy):
