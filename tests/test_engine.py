@@ -12,7 +12,7 @@ from gpvit.engine.logs import plot_curves
 from gpvit.engine.optim import ScheduleLength, build_optimizer, build_scheduler, lr_at, param_groups
 from gpvit.engine.state import FORMAT, CheckpointManager, find_resume, remove_stale_temporaries
 from gpvit.errors import CheckpointError
-from gpvit.tasks import build_config, load_config, train
+from gpvit.tasks import build_config, evaluate_checkpoint, load_config, train
 
 from trainkit import make_image_folder, state_equal, tiny_config
 
@@ -207,17 +207,22 @@ def test_bf16_autocast_on_cpu_trains(folder, tmp_path):
 
 @pytest.mark.parametrize('keep', [True, False])
 def test_cpu_runs_keep_freed_memory_unless_told_not_to(folder, tmp_path, monkeypatch, keep):
-    """A CPU run sets glibc's malloc to keep freed activations (``train.keep_freed_memory``, on by default);
-    false leaves the allocator alone. (The call itself is tested in test_tools_bench.py; here it is counted, so
-    that the test process keeps glibc's defaults.)"""
+    """A CPU training or evaluation run sets glibc's malloc to keep freed activations
+    (``train.keep_freed_memory``, on by default); false leaves the allocator alone. (The call itself is tested
+    in test_tools_bench.py; here it is counted, so that the test process keeps glibc's defaults.)"""
+    import gpvit.engine.evaluator as evaluator_module
     import gpvit.engine.trainer as trainer_module
     calls = []
-    monkeypatch.setattr(trainer_module, 'keep_freed_memory', lambda: calls.append(1) or True)
+    monkeypatch.setattr(trainer_module, 'keep_freed_memory', lambda: calls.append('train') or True)
+    monkeypatch.setattr(evaluator_module, 'keep_freed_memory', lambda: calls.append('eval') or True)
     overrides = () if keep else ('train.keep_freed_memory=false',)
     cfg = tiny_config(folder['root'], tmp_path / 'run', overrides, train={'epochs': 1}, sched={'warmup_iters': 1})
     assert cfg.train.keep_freed_memory is keep
     train(cfg)
-    assert calls == ([1] if keep else [])
+    assert calls == (['train'] if keep else [])
+    metrics = evaluate_checkpoint(cfg, tmp_path / 'run' / 'last.pth')
+    assert metrics['count'] == 4
+    assert calls == (['train', 'eval'] if keep else [])
 
 
 class _Killed(Exception):

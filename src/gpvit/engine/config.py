@@ -147,8 +147,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms; cuDNN deterministic
     compile: bool = False  # torch.compile the model
     threads: Optional[int] = checked(None, _positive, '> 0 or null')  # torch.set_num_threads per process
-    # CPU runs: glibc's malloc keeps freed activations for reuse instead of unmapping them (each step's tens of MB
-    # would come back as fresh pages the kernel faults in and zeroes), as jemalloc/tcmalloc do; false: glibc's default
+    # CPU training and evaluation runs: glibc's malloc keeps freed activations for reuse instead of unmapping them
+    # (each step's tens of MB would come back as fresh pages the kernel faults in and zeroes), as jemalloc/tcmalloc
+    # do; false: glibc's default
     keep_freed_memory: bool = True
 
 

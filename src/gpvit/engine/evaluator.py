@@ -8,6 +8,7 @@ import torch.nn as nn
 from .config import Config
 from .data import build_eval_loader
 from .distributed import init_distributed
+from .malloc import keep_freed_memory
 from .task import Task
 from .trainer import autocast_context
 
@@ -23,6 +24,8 @@ def evaluate(cfg: Config, task: Type[Task], model: nn.Module, device: Optional[s
     evaluates a shard and the metrics are reduced. :func:`gpvit.tasks.evaluate_checkpoint` builds the model
     from a checkpoint first."""
     dist = init_distributed(device)
+    if cfg.train.keep_freed_memory and dist.device.type == 'cpu':
+        keep_freed_memory()  # as in training: activations reused, not faulted in afresh for every batch
     runner = task(cfg, dist)
     test_crop = crop_pct or getattr(cfg.data, 'test_crop_pct', None)
     kwargs = {'crop_pct': test_crop} if test_crop else {}
