@@ -1,6 +1,7 @@
 """glibc's malloc kept from handing freed activations back to the kernel (:func:`keep_freed_memory`).
 
-The trainer calls it for runs on the CPU (``train.keep_freed_memory``); the benchmarks call it too.
+The trainer and the evaluator call it for runs on the CPU (``train.keep_freed_memory``); the benchmarks call it
+too.
 """
 
 __all__ = ['keep_freed_memory']

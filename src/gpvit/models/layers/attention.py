@@ -38,11 +38,11 @@ def _float32_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     tokens 141 against 76, at 784 153 against 128, and float16 is as slow (289 against 71 ms at 112 tokens).
     Its forward alone is as fast or faster in bfloat16 (12 against 15-18 ms at 112 tokens), so inference keeps
     the half type. Under bf16 autocast this backward was half of GPViT-L1's training step. CUDA's kernels are
-    fast in half precision and are left alone.
+    fast in half precision and are left alone. (Never compiled by TorchScript: :func:`attention` asks only
+    outside it.)
     """
-    if not torch.jit.is_scripting():
-        if isinstance(q, torch.fx.Proxy):
-            return False
+    if isinstance(q, torch.fx.Proxy):  # FX symbolic tracing records SDPA
+        return False
     return (q.device.type == 'cpu' and q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled()
             and (q.requires_grad or k.requires_grad or v.requires_grad))
 

@@ -1,5 +1,5 @@
 """Process memory: the peak resident set of a case and the CPU memory cap; :func:`keep_freed_memory` (glibc's malloc
-kept from unmapping freed activations) lives in the engine, which sets it for CPU training runs."""
+kept from unmapping freed activations) lives in the engine, which sets it for CPU training and evaluation runs."""
 import re
 import sys
 from typing import Optional
