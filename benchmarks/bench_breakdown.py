@@ -1,11 +1,15 @@
-"""Where a GPViT forward pass (or training step) spends its time: share of time and FLOPs, GFLOP/s, per part.
+"""Where a GPViT or GC ViT forward pass (or training step) spends its time: share of time and FLOPs, GFLOP/s,
+per part.
 
-The parts are modules (stem, LayerNorms, stripe attention, MLPs, GP-block grouping/mixing/ungrouping, the GP
-block's 2C->C projection, depthwise convs); each is timed with forward hooks (``time.perf_counter`` around the
-module, no profiler: ``torch.profiler`` slows the GEMMs down by up to 20 % and distorts the shares) and its FLOPs
-come from ``torch.utils.flop_counter`` (2 per multiply-accumulate). Runs eval mode under ``torch.inference_mode``
-after ``gpvit.tools.bench.keep_freed_memory()``, with a 2048x2048 float32 matmul timed between the forward
-passes as the yardstick, as in ``bench_backbone.py``.
+The parts are modules. GPViT: stem, LayerNorms, stripe attention, MLPs, GP-block grouping/mixing/ungrouping,
+the GP block's 2C->C projection, depthwise convs. GC ViT: stem, downsamplers, global query generators, local
+and global window attention, MLPs, LayerNorms; ``--timm`` breaks timm's implementation of the same GC ViT
+(same weights, same drop path) down into the same parts, so the two can be compared part by part. Each part
+is timed with forward hooks (``time.perf_counter`` around the module, no profiler: ``torch.profiler`` slows the
+GEMMs down by up to 20 % and distorts the shares) and its FLOPs come from ``torch.utils.flop_counter`` (2 per
+multiply-accumulate). Runs eval mode under ``torch.inference_mode`` after
+``gpvit.tools.bench.keep_freed_memory()``, with a 2048x2048 float32 matmul timed between the forward passes as
+the yardstick, as in ``bench_backbone.py``.
 
 ``--train``: the training step instead (train mode, drop path 0.1, forward + cross-entropy + backward + SGD
 step with momentum, as ``../shared``'s side-by-side bench times it): each part's forward time (forward hooks)
@@ -19,6 +23,7 @@ Usage::
 
     python benchmarks/bench_breakdown.py --model gpvit_l1 --size 224x224x8
     python benchmarks/bench_breakdown.py --model gpvit_l1 --size 224x224x8 --train
+    python benchmarks/bench_breakdown.py --model gc_vit_tiny --size 224x224x8 --train [--timm]
 """
 import argparse
 import collections
@@ -32,6 +37,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import gpvit
+from gpvit.models.gcvit import GCViT, timm_counterpart
 from gpvit.models.gpvit import GPViT, LePEBlock
 from gpvit.tools.bench import keep_freed_memory
 from gpvit.tools.flops import register_sdpa_flop_formulas
@@ -39,8 +45,10 @@ from gpvit.tools.flops import register_sdpa_flop_formulas
 from bench_backbone import matmul_op  # this script's folder is on sys.path when it runs
 
 
-def model_parts(model: GPViT) -> Dict[nn.Module, str]:
+def model_parts(model: nn.Module) -> Dict[nn.Module, str]:
     """Non-overlapping modules of the model -> the part they belong to."""
+    if not isinstance(model, GPViT):
+        return gcvit_parts(model)
     parts = {model.patch_embed: 'stem', model.norm: 'LayerNorm'}
     for blk in model.blocks:
         parts.update({blk.norm2: 'LayerNorm', blk.mlp: 'MLP (fc1 + GELU, fc2 + residual)'})
@@ -54,7 +62,44 @@ def model_parts(model: GPViT) -> Dict[nn.Module, str]:
     return parts
 
 
-def _forward_flops(model: GPViT, x: torch.Tensor, parts: Dict[nn.Module, str]):
+def gcvit_parts(model: nn.Module) -> Dict[nn.Module, str]:
+    """The parts of a GC ViT: this project's or timm's, whose modules carry the same names (timm's final
+    LayerNorm is the last stage's ``norm``, this project's the model's)."""
+    parts = {model.stem: 'stem'}
+    for mod in (getattr(model, 'norm', None), *(getattr(stage, 'norm', None) for stage in model.stages)):
+        if isinstance(mod, nn.LayerNorm):
+            parts[mod] = 'LayerNorm'
+    for stage in model.stages:
+        if not isinstance(stage.downsample, nn.Identity):
+            parts[stage.downsample] = 'downsample (LayerNorm, fused MBConv, 3x3/2 conv, LayerNorm)'
+        parts[stage.global_block] = 'global query generator (fused MBConv, max-pool)'
+        for blk in stage.blocks:
+            kind = 'global' if blk.attn.use_global else 'local'
+            parts.update({blk.norm1: 'LayerNorm', blk.norm2: 'LayerNorm', blk.mlp: 'MLP (fc1 + GELU, fc2)',
+                          blk.attn: f'window attention, {kind} (qkv, attention, proj)'})
+    return parts
+
+
+def build(name: str, with_timm: bool = False, **kwargs) -> nn.Module:
+    """This project's model ``name`` (GPViT or GC ViT), or with ``with_timm`` timm's GC ViT with its weights."""
+    model = gpvit.create_model(name, **kwargs)
+    if not isinstance(model, (GPViT, GCViT)):
+        raise SystemExit(f'{name} is neither a GPViT nor a GC ViT model')
+    if with_timm:
+        if not isinstance(model, GCViT):
+            raise SystemExit(f'--timm: timm has no {name}; it applies to the GC ViT models')
+        model = timm_counterpart(name, model, **kwargs)
+    return model
+
+
+def _rest(model: nn.Module) -> str:
+    """What the parts leave out, which the 'rest' row times."""
+    if isinstance(model, GPViT):
+        return 'position embedding, concatenation, pooling, head'
+    return 'window partition and reverse, residual adds, drop path, pooling, head'
+
+
+def _forward_flops(model: nn.Module, x: torch.Tensor, parts: Dict[nn.Module, str]):
     """Forward FLOPs of the whole model and per part (eval mode, no autograd)."""
     paths = {mod: f'{type(model).__name__}.{path}' for path, mod in model.named_modules() if mod in parts}
     register_sdpa_flop_formulas()  # CPU attention counted on every torch (done at import; explicit here)
@@ -69,11 +114,9 @@ def _forward_flops(model: GPViT, x: torch.Tensor, parts: Dict[nn.Module, str]):
     return sum(counts['Global'].values()), flops
 
 
-def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
+def breakdown(name: str, size: str, iters: int = 4, with_timm: bool = False) -> List[str]:
     H, W, B = (int(v) for v in size.split('x'))
-    model = gpvit.create_model(name).eval()
-    if not isinstance(model, GPViT):
-        raise SystemExit(f'{name} is not a GPViT model')
+    model = build(name, with_timm).eval()
     x = torch.randn(B, 3, H, W)
     parts = model_parts(model)
     total_flops, flops = _forward_flops(model, x, parts)
@@ -97,8 +140,9 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
                 matmul()
             matmul_time += (time.perf_counter() - t) / 3
     T, peak = model_time / iters, 2 * 2048 ** 3 / (matmul_time / iters) / 1e9
-    lines = [f'{name} {H}x{W} batch {B}: {T * 1e3:.0f} ms per forward, {total_flops / T / 1e9:.0f} GFLOP/s, '
-             f'matmul {peak:.0f} GFLOP/s, ratio {total_flops / T / 1e9 / peak:.2f}', '',
+    rate = total_flops / T / 1e9
+    lines = [f'{_label(name, with_timm)} {H}x{W} batch {B}: {T * 1e3:.0f} ms per forward, {rate:.0f} GFLOP/s, '
+             f'matmul {peak:.0f} GFLOP/s, ratio {rate / peak:.2f}', '',
              '| part | time | FLOPs | GFLOP/s | ratio to matmul |', '|---|---|---|---|---|']
     for part, t in sorted(spent.items(), key=lambda kv: -kv[1]):
         t /= iters
@@ -106,17 +150,20 @@ def breakdown(name: str, size: str, iters: int = 4) -> List[str]:
         lines.append(f'| {part} | {100 * t / T:.1f} % | {100 * flops[part] / total_flops:.1f} % | {rate:.0f} | '
                      f'{rate / peak:.2f} |')
     rest = T - sum(spent.values()) / iters
-    lines.append(f'| rest (position embedding, concatenation, pooling, head) | {100 * rest / T:.1f} % | | | |')
+    lines.append(f'| rest ({_rest(model)}) | {100 * rest / T:.1f} % | | | |')
     return lines
 
 
-def train_breakdown(name: str, size: str, iters: int = 3, drop_path_rate: float = 0.1) -> List[str]:
+def _label(name: str, with_timm: bool) -> str:
+    return f"{name} (timm's implementation, same weights)" if with_timm else name
+
+
+def train_breakdown(name: str, size: str, iters: int = 3, drop_path_rate: float = 0.1,
+                    with_timm: bool = False) -> List[str]:
     """The training step's time per part, forward and backward, and its GFLOP/s against inference's."""
     H, W, B = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
-    model = gpvit.create_model(name, drop_path_rate=drop_path_rate)
-    if not isinstance(model, GPViT):
-        raise SystemExit(f'{name} is not a GPViT model')
+    model = build(name, with_timm, drop_path_rate=drop_path_rate)
     x, y = torch.randn(B, 3, H, W), torch.randint(0, model.num_classes, (B,))
     parts = model_parts(model)
     total_flops, flops = _forward_flops(model, x, parts)
@@ -183,7 +230,7 @@ def train_breakdown(name: str, size: str, iters: int = 3, drop_path_rate: float 
     T, Ti = train_time / iters, infer_time / iters
     peak = 2 * 2048 ** 3 / (matmul_time / iters) / 1e9
     train_rate, infer_rate = 3 * total_flops / T / 1e9, total_flops / Ti / 1e9
-    lines = [f'{name} {H}x{W} batch {B}, drop path {drop_path_rate}: train step {T * 1e3:.0f} ms '
+    lines = [f'{_label(name, with_timm)} {H}x{W} batch {B}, drop path {drop_path_rate}: train step {T * 1e3:.0f} ms '
              f'(forward {phases["forward"] / iters * 1e3:.0f}, backward {phases["backward"] / iters * 1e3:.0f}, '
              f'optimizer {phases["optimizer"] / iters * 1e3:.0f}), {train_rate:.0f} GFLOP/s at 3x the forward '
              f'FLOPs; inference {Ti * 1e3:.0f} ms, {infer_rate:.0f} GFLOP/s; train / inference GFLOP/s '
@@ -198,8 +245,8 @@ def train_breakdown(name: str, size: str, iters: int = 3, drop_path_rate: float 
     opt_time = phases['optimizer'] / iters
     lines.append(f'| optimizer step (SGD, momentum) | | | {100 * opt_time / T:.1f} % | | |')
     rest = T - (sum(fwd.values()) + sum(bwd.values())) / iters - opt_time
-    lines.append(f'| rest (loss, position embedding, concatenation, pooling, head; the stem\'s weight gradients: '
-                 f'its input needs none, so its backward hooks cannot time it) | | | {100 * rest / T:.1f} % | | |')
+    lines.append(f'| rest (loss, {_rest(model)}; the stem\'s weight gradients: its input needs none, so its '
+                 f'backward hooks cannot time it) | | | {100 * rest / T:.1f} % | | |')
     return lines
 
 
@@ -210,11 +257,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--iters', type=int, default=4)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--train', action='store_true', help='break the training step down instead')
+    parser.add_argument('--timm', action='store_true',
+                        help="GC ViT: break timm's implementation down instead (same weights and parts)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     run = train_breakdown if args.train else breakdown
-    print('\n'.join(run(args.model, args.size, args.iters)))
+    print('\n'.join(run(args.model, args.size, args.iters, with_timm=args.timm)))
     return 0
 
 

@@ -19,8 +19,8 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 
 import gpvit
 from gpvit.checkpoint import CheckpointError
-from gpvit.models.gcvit import (TIMM_NAMES, GCViT, GCViTBlock, RelPosBiasGather, to_project_layout,
-                                to_timm_layout)
+from gpvit.models.gcvit import (TIMM_NAMES, GCViT, GCViTBlock, RelPosBiasGather, timm_counterpart,
+                                to_project_layout, to_timm_layout)
 from gpvit.models.layers import attention, split_heads
 from gpvit.tools.flops import count_flops
 
@@ -145,6 +145,19 @@ def test_same_function_as_timm_at_batch_3(variant):
     theirs.load_state_dict(sd)
     ours = gpvit.load_checkpoint(_empty(variant), sd)
     x = torch.randn(3, 3, 224, 224)
+    assert (_logits(ours, x) - _logits(theirs, x)).abs().max() <= 1e-4
+
+
+def test_timm_counterpart_takes_the_same_drop_path_schedule():
+    """``timm_counterpart(..., drop_path_rate=r)``: timm's twin drops each block's branch with the probability
+    this project's model gives that block (both linear over all blocks), and still has the same weights."""
+    ours = gpvit.create_model('gc_vit_xxtiny', drop_path_rate=0.3)
+    theirs = timm_counterpart('gc_vit_xxtiny', ours, drop_path_rate=0.3)
+    for path in ('drop_path1', 'drop_path2'):
+        a = [getattr(b, path).drop_prob for stage in ours.stages for b in stage.blocks]
+        b = [getattr(getattr(b, path), 'drop_prob', 0.) for stage in theirs.stages for b in stage.blocks]
+        assert a == pytest.approx(b, abs=1e-12) and a[-1] == pytest.approx(0.3), (a, b)
+    x = torch.randn(1, 3, 224, 224)
     assert (_logits(ours, x) - _logits(theirs, x)).abs().max() <= 1e-4
 
 

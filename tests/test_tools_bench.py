@@ -208,3 +208,27 @@ def test_benchmark_scripts_run(script, args):
         # images/s measured; the ratio to the matmul is printed to 2 decimals (0.00 for this tiny model on a loaded
         # machine), so only its range is checked
         assert float(cells[4]) > 0 and 0 <= float(cells[7]) < 2, rows[0]
+
+
+def _breakdown_rows(*args: str) -> dict:
+    """``benchmarks/bench_breakdown.py`` run with ``args``: its table as {part: cells}."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'bench_breakdown.py'), *args], check=True,
+                         text=True, capture_output=True, timeout=600).stdout
+    rows = [line.split('|')[1:-1] for line in out.splitlines() if line.startswith('| ') and '---' not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_gcvit_training_breakdown_has_the_same_parts_for_timm():
+    """GC ViT's training-step breakdown names the same parts for this project's model and timm's twin, each
+    with a measured share of the step, so the two can be compared part by part."""
+    args = ['--model', 'gc_vit_xxtiny', '--size', '224x224x1', '--iters', '1', '--train']
+    ours, theirs = _breakdown_rows(*args), _breakdown_rows(*args, '--timm')
+    parts = {p for p in ours if not p.startswith('rest') and not p.startswith('optimizer')}
+    assert parts == {p for p in theirs if not p.startswith('rest') and not p.startswith('optimizer')}, (ours, theirs)
+    assert {'stem', 'LayerNorm', 'MLP (fc1 + GELU, fc2)', 'window attention, local (qkv, attention, proj)',
+            'window attention, global (qkv, attention, proj)'} <= parts, parts
+    for table in (ours, theirs):
+        for part in parts:
+            share = float(table[part][2].rstrip(' %'))
+            assert 0 < share < 100, (part, table[part])

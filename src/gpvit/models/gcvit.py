@@ -734,12 +734,13 @@ TIMM_NAMES = {'gc_vit_xxtiny': 'gcvit_xxtiny', 'gc_vit_xtiny': 'gcvit_xtiny', 'g
               'gc_vit_small': 'gcvit_small', 'gc_vit_base': 'gcvit_base'}
 
 
-def timm_counterpart(name: str, model: Optional[GCViT] = None) -> nn.Module:
+def timm_counterpart(name: str, model: Optional[GCViT] = None, **kwargs) -> nn.Module:
     """timm's implementation of the GC ViT variant ``name`` (``timm.models.gcvit``), in eval mode.
 
     With ``model`` (a classifier of that variant, as built by this project), timm's model gets its weights
-    through :func:`to_timm_layout`, so both compute the same function. For comparisons and benchmarks; note that
-    timm <= 1.0.30 mixes the images of a batch in global attention (fixed in 1.0.31).
+    through :func:`to_timm_layout`, so both compute the same function. ``kwargs`` go to timm's constructor (e.g.
+    ``drop_path_rate``, which timm spreads over the blocks as this project does). For comparisons and
+    benchmarks; note that timm <= 1.0.30 mixes the images of a batch in global attention (fixed in 1.0.31).
     """
     import timm
     from timm.models.gcvit import GlobalContextVit
@@ -750,9 +751,9 @@ def timm_counterpart(name: str, model: Optional[GCViT] = None) -> nn.Module:
     if model is not None and model.window_size != _per_stage_windows(None, model.img_size, len(model.stages)):
         raise ValueError(f'timm has no counterpart of a GC ViT with windows {model.window_size} (dense model)')
     if name in TIMM_NAMES:
-        twin = timm.create_model(TIMM_NAMES[name], num_classes=num_classes)
+        twin = timm.create_model(TIMM_NAMES[name], num_classes=num_classes, **kwargs)
     else:
-        twin = GlobalContextVit(num_classes=num_classes, **args)
+        twin = GlobalContextVit(num_classes=num_classes, **{**args, **kwargs})
     if model is not None:
         twin.load_state_dict(to_timm_layout(model.state_dict()))
     return twin.eval()
