@@ -1,5 +1,6 @@
 """Engine pieces: lr schedules, parameter groups, checkpoint files, mixed precision, TensorBoard, curves."""
 import json
+import logging
 import math
 
 import pytest
@@ -223,6 +224,61 @@ def test_cpu_runs_keep_freed_memory_unless_told_not_to(folder, tmp_path, monkeyp
     metrics = evaluate_checkpoint(cfg, tmp_path / 'run' / 'last.pth')
     assert metrics['count'] == 4
     assert calls == (['train', 'eval'] if keep else [])
+
+
+_CPUINFO = 'processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f {extra}\nbogomips\t: 1\n'
+
+
+@pytest.mark.parametrize('extra, expected', [
+    ('avx512_bf16 avx512_vnni', {'avx512_bf16'}),
+    ('avx512_bf16 amx_bf16 amx_tile', {'avx512_bf16', 'amx_bf16'}),
+    ('avx512_vnni', set()),
+])
+def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path, monkeypatch, extra, expected):
+    """The bf16 flags of an x86 CPU come from its cpuinfo's flags line; elsewhere, or without the file or the
+    line, they are unknown (None), which is not the same as none."""
+    import platform
+    from gpvit.engine.precision import cpu_bf16_flags
+    info = tmp_path / 'cpuinfo'
+    info.write_text(_CPUINFO.format(extra=extra))
+    monkeypatch.setattr(platform, 'machine', lambda: 'x86_64')
+    assert cpu_bf16_flags(str(info)) == expected
+    assert cpu_bf16_flags(str(tmp_path / 'missing')) is None
+    (tmp_path / 'noflags').write_text('processor\t: 0\n')
+    assert cpu_bf16_flags(str(tmp_path / 'noflags')) is None
+    monkeypatch.setattr(platform, 'machine', lambda: 'aarch64')
+    assert cpu_bf16_flags(str(info)) is None
+
+
+@pytest.mark.parametrize('amp, on_cpu, flags, level, words', [
+    ('none', False, {'avx512_bf16'}, logging.INFO, 'train.amp=bf16 with train.amp_on_cpu=true'),
+    ('bf16', False, {'amx_bf16'}, logging.WARNING, 'runs in float32 on a CPU unless train.amp_on_cpu=true'),
+    ('bf16', True, set(), logging.WARNING, 'set train.amp_on_cpu=false'),
+    ('bf16', True, {'avx512_bf16'}, None, None),
+    ('none', False, set(), None, None),
+    ('fp16', True, {'avx512_bf16'}, None, None),
+    ('none', False, None, None, None),
+    ('bf16', True, None, None, None),
+])
+def test_cpu_precision_hint(amp, on_cpu, flags, level, words):
+    """A CPU run is told when bf16 would be faster (the CPU has the instructions but the run is float32) and when
+    it is slow (bf16 autocast without them); nothing when the config fits the CPU or the CPU is unknown."""
+    from gpvit.engine.precision import cpu_precision_hint
+    hint = cpu_precision_hint(amp, on_cpu, None if flags is None else frozenset(flags))
+    if level is None:
+        assert hint is None
+    else:
+        assert hint[0] == level and words in hint[1], hint
+
+
+def test_cpu_training_run_logs_the_precision_hint(folder, tmp_path, monkeypatch, caplog):
+    """The trainer logs the hint for the CPU it runs on (here one made to list avx512_bf16) in a float32 run."""
+    import gpvit.engine.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, 'cpu_bf16_flags', lambda: frozenset({'avx512_bf16'}))
+    cfg = tiny_config(folder['root'], tmp_path / 'run', (), train={'epochs': 1}, sched={'warmup_iters': 1})
+    with caplog.at_level(logging.INFO, logger='gpvit.train'):
+        train(cfg)
+    assert 'this CPU has bf16 instructions (avx512_bf16)' in caplog.text, caplog.text
 
 
 class _Killed(Exception):

@@ -33,6 +33,7 @@ from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier
 from .logs import MetricsLog, plot_curves, setup_logging
 from .malloc import keep_freed_memory
 from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
+from .precision import cpu_bf16_flags, cpu_precision_hint
 from .lock import RunLock
 from .resume import check_resume_changes
 from .state import (FORMAT, CheckpointManager, find_resume, get_rng_state, remove_stale_temporaries,
@@ -216,6 +217,10 @@ class _Trainer:
                      f' (= {cfg.optim.lr:g} x {self.global_batch} / {cfg.optim.lr_scale_batch})'
                      if cfg.optim.lr_scale_batch else '')
         _logger.info('%d updates (%d per epoch), output in %s', self.length.total, per_epoch, self.out)
+        if dist.device.type == 'cpu':
+            hint = cpu_precision_hint(t.amp, t.amp_on_cpu, cpu_bf16_flags())
+            if hint is not None:
+                _logger.log(*hint)
 
     def _lock_output_dir(self) -> None:
         """Rank 0 takes the output directory's lock (one live run per directory) and clears the temporary files
