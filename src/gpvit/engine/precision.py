@@ -2,8 +2,8 @@
 
 bf16 autocast on a CPU pays only with bf16 instructions: measured (docs/benchmarks.md), the training step ran
 1.8-2.9x faster than float32 on an Intel Xeon with AMX and 1.8-2.4x on an AMD EPYC with ``avx512_bf16`` (no
-AMX), and 13x slower on a CPU without either. Which one a run has is not something a user sees, so the trainer
-says it, without changing what the config asks for.
+AMX), and 13x slower on a CPU without either. Which kind of CPU a run lands on is often not the user's choice
+(a cloud machine's), so the trainer says what it found, without changing what the config asks for.
 """
 import logging
 import platform
