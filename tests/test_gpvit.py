@@ -156,6 +156,27 @@ def test_stripe_attention_gradients_match_direct_computation(size):
         assert torch.allclose(a, b, rtol=0, atol=1e-11), name
 
 
+def test_horizontal_lepe_on_transposed_stripes_is_the_conv_of_the_stripes():
+    """With a weight gradient on the CPU the horizontal LePE runs on the transposed stripes with the kernel
+    transposed: the conv of the (sw, Wp) stripes' output and its input / weight / bias gradients (float64; V a
+    strided view of qkv, as in the block; a kernel without symmetry). Inference convolves the view itself."""
+    torch.manual_seed(0)
+    attn = LePEAttention(24, num_heads=4, stripe_width=2).double().train()
+    conv = attn.lepe[1]
+    assert not torch.allclose(conv.weight, conv.weight.transpose(-2, -1))
+    qkv = torch.randn(6, 2, 9, 3, 12, dtype=torch.float64, requires_grad=True)
+    v = qkv.unbind(3)[2]  # (N, sw, Wp, D)
+    grad = torch.randn(6, 2, 9, 12, dtype=torch.float64)
+    inputs = [qkv, conv.weight, conv.bias]
+    ours = attn._lepe_rows(v)
+    ref = conv(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-13)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.equal(attn._lepe_rows(v), conv(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('masked', [False, True])
 def test_half_precision_attention_trains_in_float32_on_cpu(dtype, masked):

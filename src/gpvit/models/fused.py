@@ -152,10 +152,10 @@ class FusedLePEAttention(_ScriptsAsPlain, LePEAttention):
     def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
         if not _eager_inference(pe_v) or self.training:  # autograd, export, compile: the plain concatenation
             return super()._merge(a_v, pe_v, a_h, pe_h)
-        out = a_h.new_empty(*a_h.shape[:-1], 2, a_h.shape[-1])  # (B, Hp, nv, sw, 2, D)
+        out = a_h.new_empty(*a_h.shape[:-1], 2, a_h.shape[-1])  # (B, nh, sw, nv, sw, 2, D)
         torch.add(a_v, pe_v, out=out[..., 0, :])
         torch.add(a_h, pe_h, out=out[..., 1, :])
-        return out.flatten(-2).flatten(2, 3)
+        return out.flatten(-2)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if residual is None or not fast_path_applies(x, self):

@@ -171,13 +171,33 @@ class LePEAttention(nn.Module):
         return attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), self.num_heads // 2, attn_mask=key_mask,
                          dropout_p=self.attn_drop if self.training else 0.)
 
+    def _lepe_rows(self, v: torch.Tensor) -> torch.Tensor:
+        """The horizontal branch's LePE: each stripe's V ``(N, sw, Wp, D)`` (any strides) -> ``(N, sw, Wp, D)``.
+
+        When the conv's weight needs a gradient on the CPU, the conv runs on the transposed stripes, ``(Wp, sw)``
+        images, with the kernel transposed: the same sums, but oneDNN's depthwise weight gradient is slow on
+        images of few rows. Forward + backward of GPViT-L1's (batch 8 at 224: 112 stripes of 2 x 28, 108
+        channels, 2 threads) took 4.3-5.6 ms in float32 and 9.5 in bfloat16 on the view as it is, 2.3 and 1.9
+        on the transposed copy; L4's channels and 800x1280's 160-wide stripes alike (1.4-2.5x, 3-5x). The
+        result is then a strided view, which :meth:`_merge`'s shape takes without a copy. Without a weight
+        gradient (inference, frozen LePE) or off the CPU the conv takes the view as it is.
+        """
+        conv = self.lepe[1]
+        if v.device.type == 'cpu' and torch.is_grad_enabled() and conv.weight.requires_grad:
+            rows_t = v.transpose(1, 2).contiguous().permute(0, 3, 1, 2)  # (N, D, Wp, sw), channels-last
+            # a 3x3 kernel with padding 1 pads the same way transposed
+            out = F.conv2d(rows_t, conv.weight.transpose(-2, -1), conv.bias, padding=1, groups=conv.groups)
+            return out.permute(0, 3, 2, 1)
+        return conv(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
     def _merge(self, a_v: torch.Tensor, pe_v: torch.Tensor, a_h: torch.Tensor, pe_h: torch.Tensor) -> torch.Tensor:
-        """Both branches' attention + LePE, concatenated: ``(B, Hp, nv, sw, D)`` views each -> ``(B, Hp, Wp, C)``.
+        """Both branches' attention + LePE, concatenated: ``(B, nh, sw, nv, sw, D)`` views each (token
+        ``(i * sw + s, j * sw + t)`` of the padded map at ``[b, i, s, j, t]``) -> ``(B, nh, sw, nv, sw, C)``.
 
         The vertical branch's views are in stripe order; the sums are taken in their own layouts and one
         concatenation writes the map (the window reverse and the branch concatenation at once).
         """
-        return torch.cat([a_v + pe_v, a_h + pe_h], dim=-1).flatten(2, 3)
+        return torch.cat([a_v + pe_v, a_h + pe_h], dim=-1)
 
     def stripe_attention(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``: both branches with their LePE, before the output projection."""
@@ -207,11 +227,13 @@ class LePEAttention(nn.Module):
         # Horizontal stripes (sw x Wp): views of the branch's projection, no copy.
         q, k, v = qkv_h.reshape(B * nh, sw, Wp, 3, D).unbind(3)
         a_h = self._attend(q, k, v, mask_h)
-        pe_h = self.lepe[1](v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        pe_h = self._lepe_rows(v)
 
-        stripes, rows = (B, nv, Hp, sw, D), (B, Hp, nv, sw, D)
-        x = self._merge(a_v.reshape(stripes).transpose(1, 2), pe_v.reshape(stripes).transpose(1, 2),
-                        a_h.reshape(rows), pe_h.reshape(rows)).view(B, Hp, Wp, C)
+        # All four as (B, nh, sw, nv, sw, D) views: the shape in which both branches' layouts are views.
+        stripes, grid = (B, nv, Hp, sw, D), (B, nh, sw, nv, sw, D)
+        x = self._merge(a_v.reshape(stripes).transpose(1, 2).reshape(grid),
+                        pe_v.reshape(stripes).transpose(1, 2).reshape(grid),
+                        a_h.reshape(grid), pe_h.reshape(grid)).view(B, Hp, Wp, C)
         if padded:
             x = x[:, :H, :W]
         return x
