@@ -177,10 +177,11 @@ class LePEAttention(nn.Module):
         When the conv's weight needs a gradient on the CPU, the conv runs on the transposed stripes, ``(Wp, sw)``
         images, with the kernel transposed: the same sums, but oneDNN's depthwise weight gradient is slow on
         images of few rows. Forward + backward of GPViT-L1's (batch 8 at 224: 112 stripes of 2 x 28, 108
-        channels, 2 threads) took 4.3-5.6 ms in float32 and 9.5 in bfloat16 on the view as it is, 2.3 and 1.9
-        on the transposed copy; L4's channels and 800x1280's 160-wide stripes alike (1.4-2.5x, 3-5x). The
-        result is then a strided view, which :meth:`_merge`'s shape takes without a copy. Without a weight
-        gradient (inference, frozen LePE) or off the CPU the conv takes the view as it is.
+        channels, 2 threads) took 4.4-4.9 ms in float32 and 10.4-10.7 in bfloat16 on the view as it is, 2.6-2.7
+        and 2.1-2.5 on the transposed copy; L2-L4's channels and 800x1280's 160-wide stripes alike (1.6-2.1x in
+        float32, 3-5x in bfloat16). The result is then a strided view, which :meth:`_merge`'s shape takes
+        without a copy. Without a weight gradient (inference, frozen LePE) or off the CPU the conv takes the
+        view as it is.
         """
         conv = self.lepe[1]
         if v.device.type == 'cpu' and torch.is_grad_enabled() and conv.weight.requires_grad:
