@@ -195,6 +195,7 @@ def test_keep_freed_memory_keeps_freed_activations_mapped():
     ('bench_backbone.py', ['--models', 'gpvit_mini', '--sizes', '64x64x1', '--min-time', '0.2', '--plain',
                            '--malloc-default']),
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1']),
+    ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1', '--train', '--bf16']),
 ])
 def test_benchmark_scripts_run(script, args):
     """The backbone benchmark scripts (not part of the package) still run and print their tables."""
