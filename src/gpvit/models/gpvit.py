@@ -186,8 +186,8 @@ class LePEAttention(nn.Module):
         conv = self.lepe[1]
         if v.device.type == 'cpu' and torch.is_grad_enabled() and conv.weight.requires_grad:
             rows_t = v.transpose(1, 2).contiguous().permute(0, 3, 1, 2)  # (N, D, Wp, sw), channels-last
-            # a 3x3 kernel with padding 1 pads the same way transposed
-            out = F.conv2d(rows_t, conv.weight.transpose(-2, -1), conv.bias, padding=1, groups=conv.groups)
+            padding = (conv.padding[1], conv.padding[0])  # the conv's padding, transposed with it
+            out = F.conv2d(rows_t, conv.weight.transpose(-2, -1), conv.bias, padding=padding, groups=conv.groups)
             return out.permute(0, 3, 2, 1)
         return conv(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
