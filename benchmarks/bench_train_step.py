@@ -6,7 +6,10 @@ in alternation with the other variants and with the model's float32 inference (e
 ``torch.inference_mode``), so that drifts in the machine's speed hit all alike; medians are reported, with
 GFLOP/s at 3x the forward FLOPs (``torch.utils.flop_counter``, 2 per multiply-accumulate) and the ratio of
 each step's GFLOP/s to inference's. ``compile`` variants compile the whole step's model forward with
-``torch.compile`` (the trainer's ``train.compile: true``); their compile time is printed apart.
+``torch.compile`` (the trainer's ``train.compile: true``); their compile time is printed apart. ``eager_all``
+is the eager step computing every sample's branch, the dropped ones' too, as timm does
+(``DropPathAdd.skip_dropped = False``): set beside ``eager`` it shows what skipping them saves. The drop-path
+steps vary with the samples dropped; use enough ``--iters``.
 
 Usage::
 
@@ -25,10 +28,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import gpvit
+from gpvit.models.layers import DropPathAdd
 from gpvit.tools.bench import keep_freed_memory
 from gpvit.tools.flops import register_sdpa_flop_formulas
 
-VARIANTS = ('eager', 'bf16', 'compile', 'compile_bf16')
+VARIANTS = ('eager', 'eager_all', 'bf16', 'compile', 'compile_bf16')
 
 
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
@@ -59,6 +63,10 @@ def run(name: str, size: str, variants: List[str], iters: int, drop_path_rate: f
         model = gpvit.create_model(name, drop_path_rate=drop_path_rate)
         model.load_state_dict(base.state_dict())
         model.train()
+        if v == 'eager_all':  # every sample's branch computed (timm's drop path)
+            for m in model.modules():
+                if isinstance(m, DropPathAdd):
+                    m.skip_dropped = False
         if v.startswith('compile'):
             model = torch.compile(model)
         steps[v] = _step_fn(model, x, y, bf16=v.endswith('bf16'))

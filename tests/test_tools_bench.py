@@ -196,13 +196,15 @@ def test_keep_freed_memory_keeps_freed_activations_mapped():
                            '--malloc-default']),
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1']),
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1', '--train', '--bf16']),
+    ('bench_train_step.py', ['--model', 'gpvit_mini', '--size', '64x64x2', '--variants', 'eager', 'eager_all',
+                             '--iters', '1', '--drop-path-rate', '0.5']),
 ])
 def test_benchmark_scripts_run(script, args):
     """The backbone benchmark scripts (not part of the package) still run and print their tables."""
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, str(root / 'benchmarks' / script), *args], check=True, text=True,
                          capture_output=True, timeout=600).stdout
-    rows = [line for line in out.splitlines() if line.startswith('| gpvit_mini') or line.startswith('| MLP')]
+    rows = [line for line in out.splitlines() if line.startswith(('| gpvit_mini', '| MLP', '| train step, eager_all'))]
     assert rows, out
     if script == 'bench_backbone.py':
         cells = rows[0].split('|')

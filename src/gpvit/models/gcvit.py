@@ -306,6 +306,12 @@ class GCViTBlock(nn.Module):
         out = self.attn(windows, q_global).unflatten(1, self.window_size)
         return window_reverse(out, self.window_size, x.shape[1:3])[:, :H, :W]
 
+    def _attn_branch(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._window_attn(self.norm1(x), q_global)
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
+
     def forward(self, x: torch.Tensor, q_global: Optional[torch.Tensor] = None) -> torch.Tensor:
         # x + DropPath(gamma * branch) in one pass each: the layer scale's gamma goes into the residual add
         # (``hasattr`` is resolved when TorchScript compiles, so the Identity of T and smaller is never asked for it)
@@ -313,8 +319,14 @@ class GCViTBlock(nn.Module):
         gamma2: Optional[torch.Tensor] = None
         if hasattr(self.ls1, 'gamma'):
             gamma1, gamma2 = self.ls1.gamma, self.ls2.gamma
-        x = self.drop_path1(x, self._window_attn(self.norm1(x), q_global), gamma1)
-        return self.drop_path2(x, self.mlp(self.norm2(x)), gamma2)
+        if not torch.jit.is_scripting():  # in training only the kept samples' branches are computed
+            if q_global is None or not self.attn.use_global:
+                x = self.drop_path1.add_branch(self._attn_branch, x, scale=gamma1)
+            else:  # the global queries are per image: taken with the samples
+                x = self.drop_path1.add_branch(self._attn_branch, x, q_global, scale=gamma1)
+            return self.drop_path2.add_branch(self._mlp_branch, x, scale=gamma2)
+        x = self.drop_path1(x, self._attn_branch(x, q_global), gamma1)
+        return self.drop_path2(x, self._mlp_branch(x), gamma2)
 
 
 class GCViTStage(nn.Module):

@@ -276,9 +276,20 @@ class LePEBlock(nn.Module):
         self.drop_path2 = DropPathAdd(drop_path)
         self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
 
+    def _attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.norm1(x))
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop_path1(x, self.attn(self.norm1(x)))  # x + DropPath(attn(LN(x))) in one pass
-        x = self.drop_path2(x, self.mlp(self.norm2(x)))
+        # x + DropPath(branch(x)) in one pass; in training only the kept samples' branches are computed
+        if not torch.jit.is_scripting():
+            x = self.drop_path1.add_branch(self._attn_branch, x)
+            x = self.drop_path2.add_branch(self._mlp_branch, x)
+        else:
+            x = self.drop_path1(x, self._attn_branch(x))
+            x = self.drop_path2(x, self._mlp_branch(x))
         return self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -421,9 +432,15 @@ class GPBlock(nn.Module):
         g = self.mixer(self.group(self.group_token, x))
         return self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
 
+    def _mlp_branch(self, y: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(y))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.propagate(x.flatten(1, 2))
-        y = self.drop_path2(y, self.mlp(self.norm2(y)))
+        if not torch.jit.is_scripting():  # the MLP of the kept samples only, in training
+            y = self.drop_path2.add_branch(self._mlp_branch, y)
+        else:
+            y = self.drop_path2(y, self._mlp_branch(y))
         return self.conv(y.view(x.shape).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
