@@ -7,14 +7,15 @@ in alternation with the other variants and with the model's float32 inference (e
 GFLOP/s at 3x the forward FLOPs (``torch.utils.flop_counter``, 2 per multiply-accumulate) and the ratio of
 each step's GFLOP/s to inference's. ``compile`` variants compile the whole step's model forward with
 ``torch.compile`` (the trainer's ``train.compile: true``); their compile time is printed apart. ``eager_all``
-is the eager step computing every sample's branch, the dropped ones' too, as timm does
-(``DropPathAdd.skip_dropped = False``): set beside ``eager`` it shows what skipping them saves. The drop-path
-steps vary with the samples dropped; use enough ``--iters``.
+and ``bf16_all`` compute every sample's branch, the dropped ones' too, as timm does
+(``DropPathAdd.skip_dropped = False``): set beside ``eager`` / ``bf16`` they show what skipping them saves. Steps
+vary with the samples dropped; use enough ``--iters``.
 
 Usage::
 
     python benchmarks/bench_train_step.py --model gpvit_l1 --size 224x224x8
     python benchmarks/bench_train_step.py --model gc_vit_tiny --variants eager bf16
+    python benchmarks/bench_train_step.py --device cuda --size 224x224x64 --variants eager eager_all bf16 bf16_all
 """
 import argparse
 import os
@@ -32,14 +33,14 @@ from gpvit.models.layers import DropPathAdd
 from gpvit.tools.bench import keep_freed_memory
 from gpvit.tools.flops import register_sdpa_flop_formulas
 
-VARIANTS = ('eager', 'eager_all', 'bf16', 'compile', 'compile_bf16')
+VARIANTS = ('eager', 'eager_all', 'bf16', 'bf16_all', 'compile', 'compile_bf16')
 
 
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)  # the engine's optim.fused
 
     def step():
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -47,12 +48,14 @@ def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: boo
     return step
 
 
-def run(name: str, size: str, variants: List[str], iters: int, drop_path_rate: float) -> List[str]:
+def run(name: str, size: str, variants: List[str], iters: int, drop_path_rate: float,
+        device: str = 'cpu') -> List[str]:
     H, W, B = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
-    x = torch.randn(B, 3, H, W)
-    base = gpvit.create_model(name, drop_path_rate=drop_path_rate)
-    y = torch.randint(0, base.num_classes, (B,))
+    x = torch.randn(B, 3, H, W, device=device)
+    base = gpvit.create_model(name, drop_path_rate=drop_path_rate).to(device)
+    y = torch.randint(0, base.num_classes, (B,), device=device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     register_sdpa_flop_formulas()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         base.eval()(x)
@@ -60,18 +63,19 @@ def run(name: str, size: str, variants: List[str], iters: int, drop_path_rate: f
     steps: Dict[str, Callable[[], None]] = {}
     compile_s: Dict[str, float] = {}
     for v in variants:
-        model = gpvit.create_model(name, drop_path_rate=drop_path_rate)
+        model = gpvit.create_model(name, drop_path_rate=drop_path_rate).to(device)
         model.load_state_dict(base.state_dict())
         model.train()
-        if v == 'eager_all':  # every sample's branch computed (timm's drop path)
+        if v.endswith('_all'):  # every sample's branch computed (timm's drop path)
             for m in model.modules():
                 if isinstance(m, DropPathAdd):
                     m.skip_dropped = False
         if v.startswith('compile'):
             model = torch.compile(model)
-        steps[v] = _step_fn(model, x, y, bf16=v.endswith('bf16'))
+        steps[v] = _step_fn(model, x, y, bf16='bf16' in v)
         t = time.perf_counter()
         steps[v]()  # compiles the compiled ones
+        sync()
         compile_s[v] = time.perf_counter() - t
         print(f'{v}: first step {compile_s[v]:.1f} s', file=sys.stderr, flush=True)
         steps[v]()
@@ -84,12 +88,15 @@ def run(name: str, size: str, variants: List[str], iters: int, drop_path_rate: f
     times: Dict[str, List[float]] = {v: [] for v in ['inference'] + variants}
     for _ in range(iters):
         for v, fn in [('inference', infer)] + list(steps.items()):
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             times[v].append(time.perf_counter() - t)
     ti = statistics.median(times['inference'])
     load = ', '.join(f'{a:.2f}' for a in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
-    lines = [f'{name} {H}x{W} batch {B}, drop path {drop_path_rate}, {torch.get_num_threads()} threads, torch '
+    where = torch.cuda.get_device_name(x.device) if x.is_cuda else f'{torch.get_num_threads()} threads'
+    lines = [f'{name} {H}x{W} batch {B}, drop path {drop_path_rate}, {where}, torch '
              f'{torch.__version__}, median of {iters}; load average after the run {load}', '',
              '| variant | time | GFLOP/s | ratio to float32 inference GFLOP/s | first step (compile) |',
              '|---|---|---|---|---|',
@@ -110,10 +117,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--iters', type=int, default=3)
     p.add_argument('--drop-path-rate', type=float, default=0.1)
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
+    p.add_argument('--device', default='cpu', help='cpu or cuda')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    print('\n'.join(run(args.model, args.size, args.variants, args.iters, args.drop_path_rate)))
+    if args.device == 'cpu':
+        keep_freed_memory()
+    print('\n'.join(run(args.model, args.size, args.variants, args.iters, args.drop_path_rate, args.device)))
     return 0
 
 

@@ -135,3 +135,60 @@ def test_models_train_the_same_with_the_dropped_samples_skipped(name, size, chec
     x = torch.randn(4, 3, size, size, dtype=torch.float64)
     mlps = [m.mlp for m in model.modules() if isinstance(m, (LePEBlock, GPBlock, GCViTBlock))]
     _assert_skipping_changes_nothing(model, [x], mlps, seed=5)
+
+
+@pytest.mark.parametrize('name', ['gpvit_mini', 'gc_vit_xxtiny'])
+def test_skipping_under_bf16_autocast(name):
+    """Under bf16 autocast the branches are bfloat16 and the residual stream float32: a training step with
+    samples dropped gives what computing every sample gives (to bf16 rounding), with float32 output."""
+    torch.manual_seed(0)
+    model = gpvit.create_model(name, num_classes=10, drop_path_rate=0.5).train()
+    x = torch.randn(4, 3, 64, 64)
+    sizes = [_batch_sizes(m.mlp) for m in model.modules() if isinstance(m, (LePEBlock, GPBlock, GCViTBlock))]
+    results = []
+    for skip in (True, False):
+        with contextlib.nullcontext() if skip else computing_every_sample(model):
+            torch.manual_seed(5)
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                out = model(x)
+            grad = torch.autograd.grad(out.float().square().sum(), model.stem.conv1.weight if name.startswith(
+                'gc') else model.patch_embed.proj.weight)[0]
+            results.append((out, grad))
+    (out, grad), (ref, ref_grad) = results
+    assert min(n for seen in sizes for n in seen) < 4
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad, ref_grad, rtol=5e-2, atol=5e-2 * ref_grad.abs().max().item())
+
+
+def test_add_branch_of_a_bf16_branch_on_a_float32_stream():
+    """Under CUDA's autocast LayerNorm gives float32, so a float32 residual stream meets bfloat16 branches (on
+    the CPU both are bf16): the kept samples' branch joins the stream in its dtype, as ``addcmul`` promotes."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 8)
+    x = torch.randn(16, 8, requires_grad=True)
+    dp = DropPathAdd(0.4).train()
+    outs = []
+    for skip in (True, False):
+        dp.skip_dropped = skip
+        torch.manual_seed(3)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs.append(dp.add_branch(lin, x))
+    assert lin(x).dtype == torch.float32 and outs[0].dtype == outs[1].dtype == torch.float32
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert 0 < int(((outs[0] - x).abs().amax(1) > 0).sum()) < 16
+
+
+def test_add_branch_of_a_layer_scaled_branch_on_a_bf16_stream():
+    """On the CPU under autocast the stream is bfloat16 and a layer scale float32: the sum is float32, as
+    ``addcmul`` gives it, whether the dropped samples' branches are computed or not (GC ViT-S/B/L)."""
+    torch.manual_seed(0)
+    block = GCViTBlock(32, 2, (7, 7), layer_scale=1e-5, drop_path=0.5).train()
+    x = torch.randn(6, 14, 14, 32).bfloat16()
+    outs = []
+    for skip in (True, False):
+        with contextlib.nullcontext() if skip else computing_every_sample(block):
+            torch.manual_seed(2)
+            with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+                outs.append(block(x))
+    assert outs[0].dtype == outs[1].dtype == torch.float32
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-2, atol=1e-2)

@@ -197,7 +197,7 @@ def test_keep_freed_memory_keeps_freed_activations_mapped():
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1']),
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1', '--train', '--bf16']),
     ('bench_train_step.py', ['--model', 'gpvit_mini', '--size', '64x64x2', '--variants', 'eager', 'eager_all',
-                             '--iters', '1', '--drop-path-rate', '0.5']),
+                             'bf16_all', '--iters', '1', '--drop-path-rate', '0.5']),
 ])
 def test_benchmark_scripts_run(script, args):
     """The backbone benchmark scripts (not part of the package) still run and print their tables."""

@@ -101,11 +101,15 @@ class DropPathAdd(nn.Module):
         if none_kept:
             kept = kept.new_zeros(1)  # the first sample, times 0
         branch = branch_fn(x.index_select(0, kept), *[a.index_select(0, kept) for a in args])
+        alpha = 1.
         if scale is not None:
-            return x.index_add(0, kept, branch * (mask.index_select(0, kept) * scale))
-        # the kept samples' factor, 1 / keep, as index_add's alpha: no pass over the branch to scale it
-        keep = 1. - self.drop_prob
-        return x.index_add(0, kept, branch, alpha=0. if none_kept else 1. / keep if self.scale_by_keep else 1.)
+            branch = branch * (mask.index_select(0, kept) * scale)
+        else:  # the kept samples' factor, 1 / keep, as index_add's alpha: no pass over the branch to scale it
+            alpha = 0. if none_kept else 1. / (1. - self.drop_prob) if self.scale_by_keep else 1.
+        # the dtype addcmul would give: under autocast a bfloat16 branch may meet a float32 stream (CUDA's
+        # LayerNorm gives float32) or a float32 layer scale a bfloat16 stream (the CPU's)
+        dtype = torch.promote_types(x.dtype, branch.dtype)
+        return x.to(dtype).index_add(0, kept, branch.to(dtype), alpha=alpha)
 
     def extra_repr(self) -> str:
         return f'drop_prob={round(self.drop_prob, 3):0.3f}'
