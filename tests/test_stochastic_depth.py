@@ -7,6 +7,7 @@ from typing import Iterator, List
 import pytest
 import torch
 import torch.nn as nn
+from distkit import run_ranks
 
 import gpvit
 from gpvit.models.gcvit import GCViTBlock
@@ -192,3 +193,36 @@ def test_add_branch_of_a_layer_scaled_branch_on_a_bf16_stream():
                 outs.append(block(x))
     assert outs[0].dtype == outs[1].dtype == torch.float32
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-2, atol=1e-2)
+
+
+def _ddp_steps(rank: int, drop_path_rate: float, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo')
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(gpvit.create_model('gpvit_mini', num_classes=3,
+                                                           drop_path_rate=drop_path_rate).train())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(rank)  # each rank drops its own samples
+        for _ in range(3):
+            x = torch.randn(2, 3, 32, 32)
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            assert all(p.grad is not None for p in model.parameters())
+            opt.step()
+        # parameters only: BatchNorm's running statistics are each rank's own
+        torch.save(dict(model.module.named_parameters()), f'{out}/rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('drop_path_rate', [1., 0.5])
+def test_ddp_trains_with_every_or_some_sample_dropped(tmp_path, drop_path_rate):
+    """Two gloo ranks, 2 samples each: with every sample of every branch dropped (drop path 1) and with some,
+    every parameter gets a gradient on every rank (DDP fails otherwise), and the ranks' weights end identical."""
+    run_ranks(_ddp_steps, (drop_path_rate, str(tmp_path)), timeout=240)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
