@@ -3,7 +3,8 @@
 * :mod:`.attention`: multi-head attention on channels-last token tensors ``(B, L, C)``, in
   ``scaled_dot_product_attention`` (optionally with an additive bias or a boolean key mask);
 * :mod:`.windows`: padding maps to window multiples, window partition and reverse;
-* :mod:`.drop_path`: a residual add with stochastic depth on its branch, in one pass;
+* :mod:`.drop_path`: a residual add with stochastic depth on its branch, in one pass, with the branch computed
+  for the kept samples only;
 * :mod:`.checks`: checks of the input image batch;
 * :mod:`.tracing`: whether export / compile / TorchScript tracing is running.
 
