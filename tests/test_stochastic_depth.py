@@ -1,6 +1,6 @@
 """Stochastic depth that computes the kept samples' branches only (``DropPathAdd.add_branch``): the same function
 and gradients as computing every sample's branch and multiplying the dropped ones by zero, for the helper, the
-blocks of both families and whole models (with gradient checkpointing too)."""
+blocks of both families and whole models (with gradient checkpointing, under bf16 autocast, in two DDP ranks)."""
 import contextlib
 from typing import Iterator, List
 
@@ -146,14 +146,14 @@ def test_skipping_under_bf16_autocast(name):
     model = gpvit.create_model(name, num_classes=10, drop_path_rate=0.5).train()
     x = torch.randn(4, 3, 64, 64)
     sizes = [_batch_sizes(m.mlp) for m in model.modules() if isinstance(m, (LePEBlock, GPBlock, GCViTBlock))]
+    first_weight = model.stem.conv1.weight if name.startswith('gc_vit') else model.patch_embed.proj.weight
     results = []
     for skip in (True, False):
         with contextlib.nullcontext() if skip else computing_every_sample(model):
             torch.manual_seed(5)
             with torch.autocast('cpu', dtype=torch.bfloat16):
                 out = model(x)
-            grad = torch.autograd.grad(out.float().square().sum(), model.stem.conv1.weight if name.startswith(
-                'gc') else model.patch_embed.proj.weight)[0]
+            grad = torch.autograd.grad(out.float().square().sum(), first_weight)[0]
             results.append((out, grad))
     (out, grad), (ref, ref_grad) = results
     assert min(n for seen in sizes for n in seen) < 4
