@@ -320,10 +320,9 @@ class GCViTBlock(nn.Module):
         if hasattr(self.ls1, 'gamma'):
             gamma1, gamma2 = self.ls1.gamma, self.ls2.gamma
         if not torch.jit.is_scripting():  # in training only the kept samples' branches are computed
-            if q_global is None or not self.attn.use_global:
-                x = self.drop_path1.add_branch(self._attn_branch, x, scale=gamma1)
-            else:  # the global queries are per image: taken with the samples
-                x = self.drop_path1.add_branch(self._attn_branch, x, q_global, scale=gamma1)
+            # the global queries are per image: taken with the samples (local attention ignores them)
+            queries = (q_global,) if q_global is not None and self.attn.use_global else ()
+            x = self.drop_path1.add_branch(self._attn_branch, x, *queries, scale=gamma1)
             return self.drop_path2.add_branch(self._mlp_branch, x, scale=gamma2)
         x = self.drop_path1(x, self._attn_branch(x, q_global), gamma1)
         return self.drop_path2(x, self._mlp_branch(x), gamma2)

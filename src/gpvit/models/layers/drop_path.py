@@ -56,11 +56,10 @@ class DropPathAdd(nn.Module):
     def forward(self, x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.drop_prob == 0. or not self.training:
             return x + branch if scale is None else torch.addcmul(x, branch, scale)
-        mask = self._mask(x)
-        return torch.addcmul(x, branch, mask if scale is None else mask * scale)
+        return _masked_add(x, branch, self._mask(x), scale)
 
     @torch.jit.unused
-    def skips(self, x: torch.Tensor) -> bool:
+    def _skips(self, x: torch.Tensor) -> bool:
         """Whether :meth:`add_branch` leaves the dropped samples' branch undone for this input: eager training
         with ``drop_prob > 0``, and no tracing, compiling, export or dispatch mode (FLOP counters, fake tensors),
         which see the whole batch as timm computes it. Off the CPU not under deterministic algorithms either
@@ -80,7 +79,7 @@ class DropPathAdd(nn.Module):
     ) -> torch.Tensor:
         """``self(x, branch_fn(x, *args), scale)``, with the branch computed for the kept samples only.
 
-        Where :meth:`skips` holds, the mask is drawn first (the same draw as :meth:`forward`; the same samples
+        Where :meth:`_skips` holds, the mask is drawn first (the same draw as :meth:`forward`; the same samples
         are dropped when the branch draws no random numbers itself, i.e. without dropout) and ``branch_fn`` runs
         on the kept samples of ``x`` and of ``args`` (tensors with the same batch dimension first, taken alike);
         ``index_add`` adds their results back, and its backward passes the gradient back to those samples only.
@@ -91,12 +90,12 @@ class DropPathAdd(nn.Module):
         ``branch_fn`` must treat the samples independently (no batch statistics): ``(B', ...)`` -> ``(B', ..., C)``
         for any ``B'``.
         """
-        if not self.skips(x):
+        if not self._skips(x):
             return self(x, branch_fn(x, *args), scale)
         mask = self._mask(x)
         kept = mask.view(-1).nonzero().view(-1)
         if kept.numel() == x.shape[0]:
-            return torch.addcmul(x, branch_fn(x, *args), mask if scale is None else mask * scale)
+            return _masked_add(x, branch_fn(x, *args), mask, scale)
         none_kept = kept.numel() == 0
         if none_kept:
             kept = kept.new_zeros(1)  # the first sample, times 0
@@ -113,3 +112,9 @@ class DropPathAdd(nn.Module):
 
     def extra_repr(self) -> str:
         return f'drop_prob={round(self.drop_prob, 3):0.3f}'
+
+
+def _masked_add(x: torch.Tensor, branch: torch.Tensor, mask: torch.Tensor,
+                scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x + branch * mask (* scale)`` in one ``addcmul``."""
+    return torch.addcmul(x, branch, mask if scale is None else mask * scale)
