@@ -13,13 +13,17 @@ import datetime
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ['DistContext', 'init_distributed', 'destroy', 'all_reduce_sum', 'all_gather_object', 'barrier']
+__all__ = ['DistContext', 'init_distributed', 'destroy', 'wrap_ddp', 'align_grad_strides', 'all_reduce_sum',
+           'all_gather_object', 'barrier']
 
 _logger = logging.getLogger(__name__)
 
@@ -95,6 +99,48 @@ def init_distributed(device: Optional[str] = None, timeout_min: float = 30.) -> 
     elif dist.is_initialized():
         ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
     return ctx
+
+
+def align_grad_strides(model: nn.Module) -> int:
+    """Give gradients their parameter's strides where the two differ only along dimensions of size 1.
+
+    The CPU's convolution backward (oneDNN) returns the weight gradient of a depthwise ``(C, 1, k, k)`` or a
+    1x1 ``(O, I, 1, 1)`` convolution with channels-last strides: for these shapes the same memory order as the
+    parameter's, but not the same strides, and DDP compares strides exactly, so every run warned once that
+    "Grad strides do not match bucket view strides ... may impair performance". Along a dimension of size 1 a
+    stride addresses nothing, so such a gradient is re-viewed with the parameter's strides (no copy) before it
+    is accumulated; a real layout mismatch is left as it is, and still warned about. Returns how many
+    parameters got the hook (those with a dimension of size 1).
+    """
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dim() > 1 and 1 in p.shape:
+            p.register_hook(_restrider(weakref.ref(p)))  # weak: the hook lives on the parameter itself
+            n += 1
+    return n
+
+
+def _restrider(param: 'weakref.ref[torch.Tensor]') -> Callable[[torch.Tensor], Optional[torch.Tensor]]:
+    def restride(grad: torch.Tensor) -> Optional[torch.Tensor]:
+        p = param()
+        if p is None or grad.layout != torch.strided or grad.shape != p.shape or grad.stride() == p.stride():
+            return None
+        if any(n != 1 and a != b for n, a, b in zip(p.shape, grad.stride(), p.stride())):
+            return None
+        return grad.as_strided(p.shape, p.stride())
+    return restride
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> DistributedDataParallel:
+    """``model`` in DistributedDataParallel, with its gradients living in DDP's communication buckets.
+
+    ``gradient_as_bucket_view``: each gradient is a view of the bucket that is all-reduced, instead of a tensor
+    of its own that is copied into the bucket before and back after the all-reduce: one copy of the gradients
+    fewer in memory (302 MB for GPViT-L4) and no copy back. The optimiser and clipping work on the views.
+    """
+    align_grad_strides(model)
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None,
+                                   find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
 
 
 def all_reduce_sum(values: Dict[str, float], device: torch.device) -> Dict[str, float]:

@@ -29,7 +29,7 @@ from timm.utils import unwrap_model
 from ..errors import CheckpointError, TrainingError
 from .config import Config, ConfigError, dump_config, to_dict
 from .data import ResumableSampler, build_eval_loader, build_train_loader
-from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from .distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed, wrap_ddp
 from .logs import MetricsLog, plot_curves, setup_logging
 from .malloc import keep_freed_memory
 from .optim import ScheduleLength, build_optimizer, build_scheduler, check_schedule, effective_lr
@@ -184,9 +184,7 @@ class _Trainer:
 
         self.model = model
         if dist.distributed:
-            self.model = DistributedDataParallel(
-                model, device_ids=[dist.device.index] if dist.device.type == 'cuda' else None,
-                find_unused_parameters=t.find_unused_parameters)
+            self.model = wrap_ddp(model, dist, t.find_unused_parameters)
         self.ema = None
         if cfg.ema.enabled:
             from timm.utils import ModelEmaV3
