@@ -79,11 +79,54 @@ def test_add_branch_is_forward_on_the_kept_samples(p, layer_scale):
     assert rows == [16, 16, 16]
 
 
+@pytest.mark.parametrize('p', [0., 0.4, 1.])
+def test_drop_branch_is_timms_drop_path_of_the_kept_samples(p):
+    """``drop_branch(fn, x, a)`` == timm's ``DropPath(p)(fn(x, a))`` under the same seed (float64: output and the
+    gradients of x, a and the branch's weight), with ``fn`` run on the kept samples only; the dropped samples'
+    rows are zeros; none kept: one sample, times 0; all kept (p = 0, eval, skip_dropped False): the batch."""
+    from timm.layers import DropPath
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3).double()
+    x = torch.randn(16, 5, 3, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(16, 2, 3, dtype=torch.float64, requires_grad=True)  # another per-sample input (the groups)
+    g = torch.randn(16, 5, 3, dtype=torch.float64)
+    rows: List[int] = []
+
+    def fn(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        rows.append(t.shape[0])
+        return torch.tanh(lin(t)) + s.sum(1, keepdim=True)
+
+    dp = DropPathAdd(p).train()
+    torch.manual_seed(3)
+    out = dp.drop_branch(fn, x, a)
+    grads = torch.autograd.grad(out, [x, a, lin.weight], g)
+    torch.manual_seed(3)
+    ref = DropPath(p).train()(fn(x, a))
+    ref_grads = torch.autograd.grad(ref, [x, a, lin.weight], g)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    kept = int((ref.flatten(1).abs().amax(1) > 0).sum())
+    assert rows[0] == {0.: 16, 1.: 1}.get(p, kept), (rows, kept)
+    if p == 0.4:
+        assert 0 < kept < 16
+    if p == 1.:
+        assert kept == 0 and torch.count_nonzero(out) == 0 and torch.count_nonzero(grads[2]) == 0
+        assert grads[2] is not None
+    rows.clear()
+    torch.testing.assert_close(dp.eval().drop_branch(fn, x, a), fn(x, a), rtol=0, atol=0)
+    dp.train().skip_dropped = False
+    torch.manual_seed(3)
+    torch.testing.assert_close(dp.drop_branch(fn, x, a), ref, rtol=0, atol=0)
+    assert rows == [16, 16, 16]
+
+
 def _assert_skipping_changes_nothing(module: nn.Module, inputs: List[torch.Tensor], watched: List[nn.Module],
-                                     seed: int) -> None:
+                                     seed: int, each: bool = False) -> None:
     """``module(*inputs)`` in train mode with and without the dropped samples' branches computed, under one
     seed: the same output and gradients (inputs and every parameter, float64), and one of ``watched`` (modules
-    of the dropped branches, called with the samples first) saw fewer samples than the batch."""
+    of the dropped branches, called with the samples first) saw fewer samples than the batch (``each``: every one
+    of them did)."""
     module.double().train()
     params = [p for p in module.parameters() if p.requires_grad]
     leaves = [t for t in inputs if t.requires_grad]
@@ -99,8 +142,12 @@ def _assert_skipping_changes_nothing(module: nn.Module, inputs: List[torch.Tenso
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
     batch = inputs[0].shape[0]
-    rows = [n for seen in sizes for n in seen]
-    assert min(rows) < batch and max(rows) == batch, rows
+    if each:  # every watched branch skipped samples in the first run and saw the whole batch in the second
+        for mod, seen in zip(watched, sizes):
+            assert min(seen) < batch and max(seen) == batch, (type(mod).__name__, seen)
+    else:
+        rows = [n for seen in sizes for n in seen]
+        assert min(rows) < batch and max(rows) == batch, rows
 
 
 @pytest.mark.parametrize('block', ['lepe', 'gp'])
@@ -109,7 +156,8 @@ def test_gpvit_blocks_skip_the_dropped_samples(block):
     mod = (LePEBlock(24, 4, drop_path=0.5) if block == 'lepe'
            else GPBlock(24, 8, num_heads=4, drop_path=0.5))
     x = torch.randn(6, 8, 8, 24, dtype=torch.float64, requires_grad=True)
-    _assert_skipping_changes_nothing(mod, [x], [mod.mlp], seed=1)
+    _assert_skipping_changes_nothing(mod, [x], [mod.mlp] + ([mod.ungroup] if block == 'gp' else []), seed=1,
+                                     each=True)
 
 
 @pytest.mark.parametrize('use_global', [False, True])

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (ConvNormAct, DropPath, Mlp, register_notrace_function, register_notrace_module, to_2tuple,
+from timm.layers import (ConvNormAct, Mlp, register_notrace_function, register_notrace_module, to_2tuple,
                          trunc_normal_)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
@@ -408,7 +408,7 @@ class GPBlock(nn.Module):
         self.mixer = MixerBlock(dim, num_group_tokens, mixer_ratio, mlp_layer=Mlp, norm_layer=norm_layer,
                                 act_layer=act_layer, drop=proj_drop, drop_path=drop_path, **dd)
         self.ungroup = UngroupingAttention(dim, num_heads, qkv_bias, attn_drop, norm_layer, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPathAdd(drop_path)  # DropPath of the ungrouping, which is concatenated
         self.proj = nn.Linear(2 * dim, dim, **dd)
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
@@ -430,7 +430,11 @@ class GPBlock(nn.Module):
     def propagate(self, x: torch.Tensor) -> torch.Tensor:
         """Grouping, propagation, ungrouping and the 2C -> C projection: ``(B, N, C)`` -> ``(B, N, C)``."""
         g = self.mixer(self.group(self.group_token, x))
-        return self.proj(torch.cat([x, self.drop_path1(self.ungroup(x, g))], dim=-1))
+        if not torch.jit.is_scripting():  # the kept samples' ungrouping only, in training
+            u = self.drop_path1.drop_branch(self.ungroup, x, g)
+        else:
+            u = self.drop_path1.drop(self.ungroup(x, g))
+        return self.proj(torch.cat([x, u], dim=-1))
 
     def _mlp_branch(self, y: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(y))

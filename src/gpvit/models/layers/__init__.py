@@ -4,11 +4,11 @@
   ``scaled_dot_product_attention`` (optionally with an additive bias or a boolean key mask);
 * :mod:`.windows`: padding maps to window multiples, window partition and reverse;
 * :mod:`.drop_path`: a residual add with stochastic depth on its branch, in one pass, with the branch computed
-  for the kept samples only;
+  for the kept samples only (and the same for a dropped branch that is not added);
 * :mod:`.checks`: checks of the input image batch;
 * :mod:`.tracing`: whether export / compile / TorchScript tracing is running.
 
-The models otherwise use timm's layers (``Mlp``, ``DropPath``, ``LayerScale``, ``RelPosBias``, ``ConvNormAct``).
+The models otherwise use timm's layers (``Mlp``, ``MixerBlock``, ``LayerScale``, ``RelPosBias``, ``ConvNormAct``).
 The CPU inference fast path (fused oneDNN GEMMs) is not here but in :mod:`gpvit.models.fused`.
 """
 from .attention import attention, merge_heads, split_heads

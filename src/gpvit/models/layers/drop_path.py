@@ -13,6 +13,8 @@ timm (and the reference code) still compute the branch of every dropped sample, 
 multiply it by zero. :meth:`DropPathAdd.add_branch` draws the mask first and runs the branch on the kept samples
 alone: the same function, with on average ``drop_prob`` of the branch's work left undone (the recipes' drop-path
 rates of 0.2-0.3, linear over depth, leave 10-15 % of the blocks' work undone on average).
+:meth:`DropPathAdd.drop_branch` does the same for a branch that is dropped but not added (``DropPath(branch)``
+alone, :meth:`DropPathAdd.drop`).
 """
 from typing import Callable, Optional
 
@@ -57,6 +59,13 @@ class DropPathAdd(nn.Module):
         if self.drop_prob == 0. or not self.training:
             return x + branch if scale is None else torch.addcmul(x, branch, scale)
         return _masked_add(x, branch, self._mask(x), scale)
+
+    def drop(self, branch: torch.Tensor) -> torch.Tensor:
+        """``DropPath(drop_prob)(branch)`` alone, for a branch that is not added to a residual stream (GPViT's
+        ungrouping output is concatenated): ``branch * mask`` in training, ``branch`` otherwise."""
+        if self.drop_prob == 0. or not self.training:
+            return branch
+        return branch * self._mask(branch)
 
     @torch.jit.unused
     def _skips(self, x: torch.Tensor) -> bool:
@@ -109,6 +118,29 @@ class DropPathAdd(nn.Module):
         # LayerNorm gives float32) or a float32 layer scale a bfloat16 stream (the CPU's)
         dtype = torch.promote_types(x.dtype, branch.dtype)
         return x.to(dtype).index_add(0, kept, branch.to(dtype), alpha=alpha)
+
+    @torch.jit.unused
+    def drop_branch(self, branch_fn: Callable[..., torch.Tensor], x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """``self.drop(branch_fn(x, *args))``, with the branch computed for the kept samples only.
+
+        As :meth:`add_branch` (the same conditions, mask draw and fallbacks), for a branch whose result is not
+        added to ``x``: the kept samples' results are placed into zeros with ``index_add`` (times ``1 / keep``),
+        the dropped samples' rows stay zero. ``x`` and ``args``: ``(B, ...)``; the result ``(B, ...)`` must
+        have as many dimensions as ``x``.
+        """
+        if not self._skips(x):
+            return self.drop(branch_fn(x, *args))
+        mask = self._mask(x)
+        kept = mask.view(-1).nonzero().view(-1)
+        if kept.numel() == x.shape[0]:
+            branch = branch_fn(x, *args)
+            return branch * mask.to(branch.dtype)
+        none_kept = kept.numel() == 0
+        if none_kept:
+            kept = kept.new_zeros(1)  # the first sample, times 0
+        branch = branch_fn(x.index_select(0, kept), *[a.index_select(0, kept) for a in args])
+        alpha = 0. if none_kept else 1. / (1. - self.drop_prob) if self.scale_by_keep else 1.
+        return branch.new_zeros((x.shape[0],) + branch.shape[1:]).index_add(0, kept, branch, alpha=alpha)
 
     def extra_repr(self) -> str:
         return f'drop_prob={round(self.drop_prob, 3):0.3f}'
