@@ -1,5 +1,6 @@
 """GPViT: exactness against the reference implementation, the timm backbone API, input sizes, errors."""
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -388,6 +389,21 @@ def test_inference_fast_paths_match_autograd_paths():
     with torch.no_grad():
         fast = model(x)
     assert torch.allclose(model(x), fast, atol=1e-5)
+
+
+def test_fused_variants_are_not_selected_without_avx512(monkeypatch):
+    """With AVX2 alone oneDNN's float32 GEMMs lose to ATen's: eval() keeps the plain blocks there, and
+    use_fused still swaps the variants in on demand."""
+    from gpvit.models import fused
+    monkeypatch.setattr(fused._OneDNN, 'fast_cpu', False)
+    model = gpvit.create_model('gpvit_mini', num_classes=5).eval()
+    assert {type(b) for b in model.blocks} == {LePEBlock, GPBlock}
+    assert type(fused.use_fused(model).blocks[0]) is fused.FusedLePEBlock
+    monkeypatch.setattr(fused._OneDNN, 'fast_cpu', True)
+    assert type(model.train().eval().blocks[0]) is fused.FusedLePEBlock
+    cpuinfo = Path('/proc/cpuinfo')
+    if cpuinfo.exists():  # the gate reads the CPU's own flags
+        assert fused._avx512() == ('avx512f' in cpuinfo.read_text().split())
 
 
 def test_fused_variants_are_selected_for_cpu_float32_eval():

@@ -20,7 +20,8 @@ plain                           fused variant
 ==============================  ======================================================================
 
 Selection. :func:`select_fused` swaps the variants in when a model is put in eval mode with CPU float32
-parameters, and the plain blocks back for training, other devices and dtypes (a block selector of
+parameters on a CPU with AVX-512 (with AVX2 alone oneDNN's GEMMs are slower than ATen's, and so were the
+variants), and the plain blocks back for training, other devices and dtypes (a block selector of
 ``Backbone``, run on ``train()`` and ``.to()``); :func:`use_fused` does it on demand, :func:`set_auto_fuse`
 turns the automatic choice off. Even swapped in, a variant runs its fused kernels only in *eager CPU float32 inference*
 (:func:`fast_path_applies`); under autograd, autocast, export, compile, TorchScript tracing, FX tracing and
@@ -44,9 +45,21 @@ __all__ = ['fast_path_applies', 'fused_linear', 'FusedMlp', 'FusedLePEAttention'
            'FusedGCViTBlock', 'FUSED_VARIANTS', 'use_fused', 'select_fused', 'set_auto_fuse']
 
 
+def _avx512() -> bool:
+    """Whether the CPU has AVX-512 (its own flags, not the ISA ATen was told to use)."""
+    check = getattr(torch.cpu, '_is_avx512_supported', None)
+    if check is not None:
+        return bool(check())
+    return torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+
+
 class _OneDNN:
-    """Whether this PyTorch build runs ``mkldnn._linear_pointwise``; cleared on the first failure."""
+    """Whether this PyTorch build runs ``mkldnn._linear_pointwise`` (cleared on the first failure), and whether
+    this CPU runs oneDNN's float32 GEMMs fast enough for the variants to win (:func:`select_fused`)."""
     available = torch.backends.mkldnn.is_available()
+    #: measured faster with AVX-512 (Intel Xeon with AMX, AMD EPYC); with AVX2 alone (an AMD EPYC) oneDNN's
+    #: GEMMs are slower than ATen's and the variants lost 11-17 % (docs/benchmarks.md); elsewhere not measured
+    fast_cpu = _avx512()
 
 
 class _Auto:
@@ -224,12 +237,13 @@ def use_fused(model: nn.Module, enable: bool = True) -> nn.Module:
 
 
 def select_fused(model: nn.Module) -> nn.Module:
-    """The automatic choice: the fused variants for a model in eval mode whose parameters are all CPU float32
-    (and a PyTorch build with the oneDNN op), the plain blocks otherwise. Returns ``model``."""
+    """The automatic choice: the fused variants for a model in eval mode whose parameters are all CPU float32,
+    on a CPU with AVX-512 (and a PyTorch build with the oneDNN op), the plain blocks otherwise. Returns
+    ``model``."""
     if not _Auto.enabled:
         return model
     params = list(model.parameters())
-    eligible = (_OneDNN.available and not model.training and bool(params)
+    eligible = (_OneDNN.available and _OneDNN.fast_cpu and not model.training and bool(params)
                 and all(p.device.type == 'cpu' and p.dtype == torch.float32 for p in params))
     return use_fused(model, eligible)
 
