@@ -198,13 +198,15 @@ def test_keep_freed_memory_keeps_freed_activations_mapped():
     ('bench_breakdown.py', ['--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1', '--train', '--bf16']),
     ('bench_train_step.py', ['--model', 'gpvit_mini', '--size', '64x64x2', '--variants', 'eager', 'eager_all',
                              'bf16_all', '--iters', '1', '--drop-path-rate', '0.5']),
+    ('bench_ddp.py', ['--model', 'gpvit_mini', '--size', '64x64x2', '--steps', '1', '--warmup', '1']),
 ])
 def test_benchmark_scripts_run(script, args):
     """The backbone benchmark scripts (not part of the package) still run and print their tables."""
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, str(root / 'benchmarks' / script), *args], check=True, text=True,
                          capture_output=True, timeout=600).stdout
-    rows = [line for line in out.splitlines() if line.startswith(('| gpvit_mini', '| MLP', '| train step, eager_all'))]
+    rows = [line for line in out.splitlines() if line.startswith(('| gpvit_mini', '| MLP', '| train step, eager_all',
+                                                                     '| engine'))]
     assert rows, out
     if script == 'bench_backbone.py':
         cells = rows[0].split('|')
