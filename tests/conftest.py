@@ -26,12 +26,3 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture(autouse=True, scope='session')
-def _fused_on_every_cpu():
-    """The CPU inference fast path (models/fused.py) is chosen automatically only on CPUs with AVX-512; the tests
-    run it, and compare it with the plain blocks, on every CPU."""
-    from gpvit.models import fused
-    fast, fused._OneDNN.fast_cpu = fused._OneDNN.fast_cpu, True
-    yield
-    fused._OneDNN.fast_cpu = fast

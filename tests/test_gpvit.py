@@ -406,12 +406,13 @@ def test_fused_variants_are_not_selected_without_avx512(monkeypatch):
         assert fused._avx512() == ('avx512f' in cpuinfo.read_text().split())
 
 
-def test_fused_variants_are_selected_for_cpu_float32_eval():
-    """eval() on CPU float32 swaps the fused variants in, train() / other dtypes the plain blocks back; the state
-    dict, hooks and outputs stay; FLOP counting and autograd in eval mode run the plain ops."""
+def test_fused_variants_are_selected_for_cpu_float32_eval(monkeypatch):
+    """eval() on CPU float32 (with AVX-512) swaps the fused variants in, train() / other dtypes the plain blocks
+    back; the state dict, hooks and outputs stay; FLOP counting and autograd in eval mode run the plain ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from gpvit.models import fused
+    monkeypatch.setattr(fused._OneDNN, 'fast_cpu', True)  # as on a CPU with AVX-512
     model = gpvit.create_model('gpvit_mini', num_classes=5)
     plain_types = [type(m) for m in model.modules()]
     assert fused.FusedLePEBlock not in plain_types and LePEBlock in plain_types
