@@ -47,10 +47,7 @@ __all__ = ['fast_path_applies', 'fused_linear', 'FusedMlp', 'FusedLePEAttention'
 
 def _avx512() -> bool:
     """Whether the CPU has AVX-512 (its own flags, not the ISA ATen was told to use)."""
-    check = getattr(torch.cpu, '_is_avx512_supported', None)
-    if check is not None:
-        return bool(check())
-    return torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+    return bool(torch.cpu._is_avx512_supported())
 
 
 class _OneDNN:

@@ -16,7 +16,7 @@ rates of 0.2-0.3, linear over depth, leave 10-15 % of the blocks' work undone on
 :meth:`DropPathAdd.drop_branch` does the same for a branch that is dropped but not added (``DropPath(branch)``
 alone, :meth:`DropPathAdd.drop`).
 """
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -79,6 +79,16 @@ class DropPathAdd(nn.Module):
                 and (x.device.type == 'cpu' or not torch.are_deterministic_algorithms_enabled()))
 
     @torch.jit.unused
+    def _kept(self, mask: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """The kept samples' indices and their factor, ``1 / keep``, as ``index_add``'s alpha (no pass over the
+        branch to scale it). None kept: the first sample, times 0, so that every parameter still gets a
+        gradient."""
+        kept = mask.view(-1).nonzero().view(-1)
+        if kept.numel() == 0:
+            return kept.new_zeros(1), 0.
+        return kept, 1. / (1. - self.drop_prob) if self.scale_by_keep else 1.
+
+    @torch.jit.unused
     def add_branch(
             self,
             branch_fn: Callable[..., torch.Tensor],
@@ -102,18 +112,13 @@ class DropPathAdd(nn.Module):
         if not self._skips(x):
             return self(x, branch_fn(x, *args), scale)
         mask = self._mask(x)
-        kept = mask.view(-1).nonzero().view(-1)
+        kept, alpha = self._kept(mask)
         if kept.numel() == x.shape[0]:
             return _masked_add(x, branch_fn(x, *args), mask, scale)
-        none_kept = kept.numel() == 0
-        if none_kept:
-            kept = kept.new_zeros(1)  # the first sample, times 0
         branch = branch_fn(x.index_select(0, kept), *[a.index_select(0, kept) for a in args])
-        alpha = 1.
-        if scale is not None:
+        if scale is not None:  # the factor joins the layer scale (0 where none is kept)
             branch = branch * (mask.index_select(0, kept) * scale)
-        else:  # the kept samples' factor, 1 / keep, as index_add's alpha: no pass over the branch to scale it
-            alpha = 0. if none_kept else 1. / (1. - self.drop_prob) if self.scale_by_keep else 1.
+            alpha = 1.
         # the dtype addcmul would give: under autocast a bfloat16 branch may meet a float32 stream (CUDA's
         # LayerNorm gives float32) or a float32 layer scale a bfloat16 stream (the CPU's)
         dtype = torch.promote_types(x.dtype, branch.dtype)
@@ -131,15 +136,11 @@ class DropPathAdd(nn.Module):
         if not self._skips(x):
             return self.drop(branch_fn(x, *args))
         mask = self._mask(x)
-        kept = mask.view(-1).nonzero().view(-1)
+        kept, alpha = self._kept(mask)
         if kept.numel() == x.shape[0]:
             branch = branch_fn(x, *args)
             return branch * mask.to(branch.dtype)
-        none_kept = kept.numel() == 0
-        if none_kept:
-            kept = kept.new_zeros(1)  # the first sample, times 0
         branch = branch_fn(x.index_select(0, kept), *[a.index_select(0, kept) for a in args])
-        alpha = 0. if none_kept else 1. / (1. - self.drop_prob) if self.scale_by_keep else 1.
         return branch.new_zeros((x.shape[0],) + branch.shape[1:]).index_add(0, kept, branch, alpha=alpha)
 
     def extra_repr(self) -> str:
