@@ -1,5 +1,6 @@
 """``gpvit bench``: measurements, the appendix and Figure 5 suites, timeouts, OOM, reports."""
 import csv
+import re
 import io
 import subprocess
 import sys
@@ -237,3 +238,62 @@ def test_gcvit_training_breakdown_has_the_same_parts_for_timm():
         for part in parts:
             share = float(table[part][2].rstrip(' %'))
             assert 0 < share < 100, (part, table[part])
+
+
+def _kernel_floor(*args: str) -> tuple:
+    """``benchmarks/bench_kernel_floor.py`` run with ``args``: (step ms, floor ms, {group: cells}, output)."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'bench_kernel_floor.py'), *args], check=True,
+                         text=True, capture_output=True, timeout=600).stdout
+    head = re.search(r': (\d+) ms; kernel floor (\d+) ms', out)
+    assert head, out
+    rows = [line.split('|')[1:-1] for line in out.splitlines() if line.startswith('| ') and '---' not in line]
+    table = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+    return int(head.group(1)), int(head.group(2)), table, out
+
+
+@pytest.mark.parametrize('mode', [[], ['--infer']])
+def test_kernel_floor_accounts_for_the_step(mode):
+    """The kernel floor finds the linear layers' GEMMs and the attention kernels of a step (and of an inference
+    forward, whose ops a recording mode sees before decomposition under ``inference_mode``), times them below
+    the step, and its rows add up to the step; the budget line subtracts the fixed kernels from the target."""
+    step, floor, table, out = _kernel_floor('--model', 'gpvit_mini', '--size', '64x64x1', '--iters', '1',
+                                            '--reps', '1', '--ref-ms', '1000', '--target', '2', *mode)
+    linear = table['linear layers (mm, addmm)']
+    assert int(linear[0].split()[0]) > 0 and float(linear[1].split()[0]) > 0, out
+    assert 'fused attention (SDPA kernels)' in table, out
+    assert 0 < floor < step, out
+    times = [int(cells[1].split()[0]) for cells in table.values()]
+    assert abs(sum(times) - step) <= len(times), out  # each row rounded to whole ms
+    fixed = sum(int(table[g][1].split()[0]) for g in ('linear layers (mm, addmm)', 'convolutions (forward, backward)')
+                if g in table)
+    budget = re.search(r'Target 2x a reference step of 1000 ms: 500 ms\. .* alone take (\d+) ms, which leaves '
+                       r'(-?\d+) ms', out)
+    assert budget and abs(int(budget.group(1)) - fixed) <= 2 and abs(int(budget.group(2)) - (500 - fixed)) <= 2, out
+
+
+def test_kernel_floor_counts_each_distinct_call_once_and_times_it_per_call():
+    """Repeated calls of one kernel on the same layouts are one distinct call, replayed alone and charged once
+    per call; a different layout (a transposed operand) is a call of its own."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+    try:
+        import bench_kernel_floor as floor
+    finally:
+        sys.path.pop(0)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    recorder = floor.KernelRecorder()
+    with recorder, torch.no_grad():
+        for _ in range(4):
+            torch.mm(a, b)
+        torch.mm(a, b.t())
+    assert [v[3] for v in recorder.calls.values()] == [4, 1]
+    groups = floor.replay(recorder.calls, reps=5)
+    linear = groups['linear layers (mm, addmm)']
+    assert (linear['calls'], linear['distinct'], linear['flops']) == (5, 2, 5 * 2 * 256 ** 3)
+    once = dict(recorder.calls)
+    for entry in once.values():
+        entry[3] = 1
+    single = floor.replay(once, reps=5)['linear layers (mm, addmm)']['seconds']
+    assert 1.5 * single < linear['seconds'] < 12 * single, (linear['seconds'], single)
+    assert floor.group_of('convolution_backward') == 'convolutions (forward, backward)'
+    assert floor.group_of('_scaled_dot_product_flash_attention_for_cpu_backward') == 'fused attention (SDPA kernels)'
